@@ -1,0 +1,105 @@
+//! The model card: everything a user needs to know about a set of weights, saved as JSON beside
+//! them.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::metrics::ClassificationReport;
+use crate::preprocess::Preprocessing;
+
+pub const ARCHITECTURE: &str = "resnet50 (torchvision v1.5 layout and parameter names)";
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightsInfo {
+    /// File name relative to the card.
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+    /// "f32" or "f16".
+    pub dtype: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetRecord {
+    pub root: String,
+    /// Image files used (skipped ones excluded).
+    pub files: usize,
+    /// SHA-256 over the sorted (relative path, file SHA-256) list: it changes when any image, name
+    /// or label changes.
+    pub content_sha256: String,
+    /// (class, images) in class order.
+    pub per_class: Vec<(String, usize)>,
+    pub train_per_class: Vec<usize>,
+    pub validation_per_class: Vec<usize>,
+    /// Files that could not be decoded and were left out, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    pub trainer_version: String,
+    /// The trainer's full configuration (recipe, augmentation, seed, device), as it ran.
+    pub config: serde_json::Value,
+    /// "from scratch (seeded)" or the checkpoint it started from, with its SHA-256.
+    pub initialization: String,
+    pub data: DatasetRecord,
+    pub epochs_completed: usize,
+    pub best_epoch: usize,
+    pub best_validation_accuracy: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Short name, e.g. "covid19-kaggle test (57, leaks removed)".
+    pub name: String,
+    pub data: String,
+    pub excluded: Vec<String>,
+    pub report: ClassificationReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub name: String,
+    pub architecture: String,
+    pub classes: Vec<String>,
+    pub preprocessing: Preprocessing,
+    pub weights: WeightsInfo,
+    pub training: Option<TrainingRecord>,
+    #[serde(default)]
+    pub evaluations: Vec<Evaluation>,
+    pub intended_use: String,
+    #[serde(default)]
+    pub limitations: Vec<String>,
+}
+
+impl ModelCard {
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Card(format!("not a valid model card: {e}")))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a model card always serialises")
+    }
+
+    /// Checks that `weights` are the bytes this card describes.
+    pub fn verify_weights(&self, weights: &[u8]) -> Result<()> {
+        let found = sha256_hex(weights);
+        if found != self.weights.sha256 {
+            return Err(Error::Checkpoint(format!(
+                "SHA-256 mismatch: the card expects {} but the weights are {found}; \
+                 the file is altered, truncated or belongs to another model",
+                self.weights.sha256
+            )));
+        }
+        Ok(())
+    }
+}

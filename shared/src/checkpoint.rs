@@ -1,0 +1,204 @@
+//! Reading and writing ResNet50 weights as safetensors with torchvision's names.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::error::{Error, Result};
+use crate::model::ResNet50;
+
+/// Buffers PyTorch keeps beside each batch norm that the forward pass never reads.
+const BATCHES_TRACKED: &str = "num_batches_tracked";
+const HEAD_PREFIX: &str = "fc.";
+
+/// The tensors of a ResNet50 safetensors file, in f32, without `num_batches_tracked`.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    tensors: HashMap<String, Tensor>,
+}
+
+/// What `Checkpoint::load_into` did with the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadLoad {
+    /// The checkpoint's head has the model's class count and was loaded.
+    Loaded,
+    /// The head was left as initialised: the checkpoint has another class count.
+    KeptFresh { checkpoint_classes: usize },
+}
+
+fn candle_to_checkpoint_error(err: candle_core::Error) -> Error {
+    match err {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_to_checkpoint_error(*inner),
+        candle_core::Error::CannotFindTensor { path } => Error::MissingTensor { name: path },
+        candle_core::Error::UnexpectedShape { msg, expected, got } => Error::ShapeMismatch {
+            name: msg.trim_start_matches("shape mismatch for ").to_string(),
+            expected: expected.dims().to_vec(),
+            found: got.dims().to_vec(),
+        },
+        other => Error::Checkpoint(other.to_string()),
+    }
+}
+
+impl Checkpoint {
+    /// Parses a safetensors buffer. Float tensors of any width are converted to f32.
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
+        if bytes.is_empty() {
+            return Err(Error::Checkpoint("the weights file is empty".into()));
+        }
+        let raw = candle_core::safetensors::load_buffer(bytes, device)
+            .map_err(|e| Error::Checkpoint(format!("not a readable safetensors file ({e})")))?;
+        let mut tensors = HashMap::with_capacity(raw.len());
+        for (name, tensor) in raw {
+            if name.ends_with(BATCHES_TRACKED) {
+                continue;
+            }
+            if !tensor.dtype().is_float() {
+                return Err(Error::Checkpoint(format!(
+                    "tensor `{name}` has dtype {:?}, expected a float type",
+                    tensor.dtype()
+                )));
+            }
+            tensors.insert(name, tensor.to_dtype(DType::F32)?);
+        }
+        Ok(Self { tensors })
+    }
+
+    /// Wraps tensors already in memory (f32, torchvision names).
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
+        Self { tensors }
+    }
+
+    pub fn from_file(path: &Path, device: &Device) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Checkpoint(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_bytes(&bytes, device)
+    }
+
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// The class count, read from the head's weight (classes, 2048).
+    pub fn num_classes(&self) -> Result<usize> {
+        let name = "fc.weight";
+        let weight = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+        Ok(weight.dims()[0])
+    }
+
+    /// Builds an inference model that reads the tensors directly. Every tensor the model needs must
+    /// be present with its exact shape.
+    pub fn into_model(self, device: &Device) -> Result<ResNet50> {
+        let num_classes = self.num_classes()?;
+        let vb = VarBuilder::from_tensors(self.tensors, DType::F32, device);
+        ResNet50::new(vb, num_classes).map_err(candle_to_checkpoint_error)
+    }
+
+    /// Copies the checkpoint into a training model's variables. When `allow_new_head` is set and
+    /// the checkpoint's head has another class count (ImageNet's 1000, say), the head is left as
+    /// initialised and only the backbone is loaded.
+    pub fn load_into(&self, varmap: &VarMap, allow_new_head: bool) -> Result<HeadLoad> {
+        let vars = named_vars(varmap)?;
+        let head_mismatch = vars.iter().any(|(name, var)| {
+            name.starts_with(HEAD_PREFIX)
+                && self
+                    .tensors
+                    .get(name)
+                    .is_some_and(|t| t.dims() != var.dims())
+        });
+        let keep_head = allow_new_head && head_mismatch;
+        // Check everything before changing anything, so a bad file leaves the model as it was.
+        let mut updates = Vec::with_capacity(vars.len());
+        for (name, var) in &vars {
+            if keep_head && name.starts_with(HEAD_PREFIX) {
+                continue;
+            }
+            let tensor = self
+                .tensors
+                .get(name)
+                .ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
+            if tensor.dims() != var.dims() {
+                return Err(Error::ShapeMismatch {
+                    name: name.clone(),
+                    expected: var.dims().to_vec(),
+                    found: tensor.dims().to_vec(),
+                });
+            }
+            updates.push((var, tensor));
+        }
+        for (var, tensor) in updates {
+            var.set(&tensor.to_dtype(var.dtype())?)?;
+        }
+        Ok(if keep_head {
+            HeadLoad::KeptFresh {
+                checkpoint_classes: self.num_classes()?,
+            }
+        } else {
+            HeadLoad::Loaded
+        })
+    }
+}
+
+/// The variables of a var map with their names, in sorted name order.
+pub fn named_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Checkpoint("the variable map lock is poisoned".into()))?;
+    let mut vars: Vec<(String, Var)> = data
+        .iter()
+        .map(|(name, var)| (name.clone(), var.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(vars)
+}
+
+/// The tensors to save for `varmap` in `dtype`, plus torchvision's `num_batches_tracked` beside
+/// every batch norm so that `load_state_dict(strict=True)` accepts the file.
+pub fn state_dict(
+    varmap: &VarMap,
+    dtype: DType,
+    batches_tracked: i64,
+) -> Result<HashMap<String, Tensor>> {
+    let mut tensors = HashMap::new();
+    for (name, var) in named_vars(varmap)? {
+        if let Some(prefix) = name.strip_suffix(".running_mean") {
+            let count = Tensor::new(batches_tracked, var.device())?;
+            tensors.insert(format!("{prefix}.{BATCHES_TRACKED}"), count);
+        }
+        tensors.insert(name, var.as_tensor().to_dtype(dtype)?);
+    }
+    Ok(tensors)
+}
+
+/// Serialises tensors to safetensors bytes.
+pub fn to_safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
+    let views: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    safetensors::tensor::serialize(views, None)
+        .map_err(|e| Error::Checkpoint(format!("cannot serialise: {e}")))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed, so a
+/// crash at any moment leaves either the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Saves the model held by `varmap` as a torchvision-named safetensors file, atomically.
+pub fn save(varmap: &VarMap, path: &Path, dtype: DType, batches_tracked: i64) -> Result<()> {
+    let bytes = to_safetensors_bytes(&state_dict(varmap, dtype, batches_tracked)?)?;
+    write_atomic(path, &bytes)
+        .map_err(|e| Error::Checkpoint(format!("cannot write {}: {e}", path.display())))
+}

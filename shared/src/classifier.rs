@@ -1,0 +1,119 @@
+//! Inference: weights + card in, class probabilities and heat maps out. The trainer's `predict`
+//! and the web page both go through here.
+
+use candle_core::{Device, Tensor, D};
+
+use crate::cam::ClassActivationMaps;
+use crate::card::ModelCard;
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::model::ResNet50;
+use crate::preprocess::Preprocessing;
+
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    pub probabilities: Vec<f32>,
+    pub logits: Vec<f32>,
+    pub top: usize,
+    /// The 2048-d pooled features (for the out-of-distribution gate).
+    pub features: Vec<f32>,
+    pub cams: ClassActivationMaps,
+}
+
+pub struct Classifier {
+    model: ResNet50,
+    preprocessing: Preprocessing,
+    classes: Vec<String>,
+    device: Device,
+}
+
+impl Classifier {
+    /// Without a card, classes are named by their index and the default (ImageNet) transform is
+    /// used.
+    pub fn new(checkpoint: Checkpoint, card: Option<&ModelCard>, device: &Device) -> Result<Self> {
+        let num_classes = checkpoint.num_classes()?;
+        let (classes, preprocessing) = match card {
+            Some(card) => {
+                if card.classes.len() != num_classes {
+                    return Err(Error::Card(format!(
+                        "the card names {} classes but the weights have {num_classes}",
+                        card.classes.len()
+                    )));
+                }
+                (card.classes.clone(), card.preprocessing.clone())
+            }
+            None => (
+                (0..num_classes).map(|i| i.to_string()).collect(),
+                Preprocessing::default(),
+            ),
+        };
+        Ok(Self {
+            model: checkpoint.into_model(device)?,
+            preprocessing,
+            classes,
+            device: device.clone(),
+        })
+    }
+
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.preprocessing
+    }
+
+    /// Decodes, preprocesses and classifies one image file's bytes.
+    pub fn classify_bytes(&self, bytes: &[u8]) -> Result<Prediction> {
+        let input = self.preprocessing.tensor_from_bytes(bytes, &self.device)?;
+        let mut predictions = self.classify_batch(&input.unsqueeze(0)?)?;
+        Ok(predictions.remove(0))
+    }
+
+    /// Classifies a normalised batch (N, 3, H, W).
+    pub fn classify_batch(&self, batch: &Tensor) -> Result<Vec<Prediction>> {
+        let output = self.model.forward_t(batch, false)?;
+        let probabilities = candle_nn::ops::softmax(&output.logits, D::Minus1)?;
+        let n = batch.dim(0)?;
+        (0..n)
+            .map(|i| {
+                let probabilities = probabilities.get(i)?.to_vec1::<f32>()?;
+                let top = argmax(&probabilities);
+                Ok(Prediction {
+                    logits: output.logits.get(i)?.to_vec1()?,
+                    top,
+                    features: output.features.get(i)?.to_vec1()?,
+                    cams: ClassActivationMaps::compute(
+                        &output.feature_map.get(i)?,
+                        self.model.head_weight(),
+                    )?,
+                    probabilities,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Index of the largest value (the first one on ties).
+pub fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+/// Reads a safetensors buffer and builds a classifier from it, for callers holding bytes.
+pub fn classifier_from_bytes(
+    weights: &[u8],
+    card: Option<&ModelCard>,
+    device: &Device,
+) -> Result<Classifier> {
+    Classifier::new(Checkpoint::from_bytes(weights, device)?, card, device)
+}

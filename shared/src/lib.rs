@@ -1,0 +1,21 @@
+//! Pneumoscope's shared crate: the ResNet50, image decoding and preprocessing, metrics and the
+//! model card. The trainer and the web app both build on it, so training and in-browser inference
+//! cannot disagree.
+
+pub mod cam;
+pub mod card;
+pub mod checkpoint;
+pub mod classifier;
+pub mod decode;
+pub mod error;
+pub mod init;
+pub mod metrics;
+pub mod model;
+pub mod preprocess;
+
+pub use card::ModelCard;
+pub use checkpoint::Checkpoint;
+pub use classifier::{Classifier, Prediction};
+pub use error::{Error, Result};
+pub use model::{ResNet50, ResNetOutput};
+pub use preprocess::Preprocessing;

@@ -1,0 +1,232 @@
+//! ResNet50 (torchvision's `resnet50`, v1.5: the stride sits on the 3x3 convolution) with
+//! torchvision's parameter names, so public checkpoints load as they are.
+
+use candle_core::{Module, ModuleT, Result, Tensor, D};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+/// Width of the pooled feature vector that feeds the classifier head.
+pub const FEATURE_DIM: usize = 2048;
+/// Bottleneck blocks per stage (`layer1` .. `layer4`).
+pub const BLOCKS_PER_STAGE: [usize; 4] = [3, 4, 6, 3];
+const EXPANSION: usize = 4;
+const BN_EPS: f64 = 1e-5;
+/// PyTorch's default: `running = (1 - momentum) * running + momentum * batch_stat`.
+const BN_MOMENTUM: f64 = 0.1;
+
+/// What one forward pass yields: the head's logits and the two views of the backbone that the heat
+/// map and the out-of-distribution gate need.
+#[derive(Debug, Clone)]
+pub struct ResNetOutput {
+    /// (N, classes)
+    pub logits: Tensor,
+    /// (N, 2048): global-average-pooled `feature_map`.
+    pub features: Tensor,
+    /// (N, 2048, H/32, W/32): the output of `layer4`.
+    pub feature_map: Tensor,
+}
+
+fn conv2d(
+    vb: VarBuilder,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2d> {
+    let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
+    let config = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    Ok(Conv2d::new(weight, None, config))
+}
+
+fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
+    let config = BatchNormConfig {
+        eps: BN_EPS,
+        remove_mean: true,
+        affine: true,
+        momentum: BN_MOMENTUM,
+    };
+    candle_nn::batch_norm(channels, config, vb)
+}
+
+/// Conv + BN, the unit every part of the network is made of.
+#[derive(Debug, Clone)]
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.bn.forward_t(&self.conv.forward(x)?, train)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Bottleneck {
+    reduce: ConvBn,
+    spatial: ConvBn,
+    expand: ConvBn,
+    downsample: Option<ConvBn>,
+}
+
+impl Bottleneck {
+    fn new(vb: VarBuilder, c_in: usize, width: usize, stride: usize) -> Result<Self> {
+        let c_out = width * EXPANSION;
+        let unit = |conv_name: &str, bn_name: &str, cin, cout, k, s, p| -> Result<ConvBn> {
+            Ok(ConvBn {
+                conv: conv2d(vb.pp(conv_name), cin, cout, k, s, p)?,
+                bn: batch_norm(vb.pp(bn_name), cout)?,
+            })
+        };
+        let downsample = if stride != 1 || c_in != c_out {
+            Some(unit(
+                "downsample.0",
+                "downsample.1",
+                c_in,
+                c_out,
+                1,
+                stride,
+                0,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            reduce: unit("conv1", "bn1", c_in, width, 1, 1, 0)?,
+            spatial: unit("conv2", "bn2", width, width, 3, stride, 1)?,
+            expand: unit("conv3", "bn3", width, c_out, 1, 1, 0)?,
+            downsample,
+        })
+    }
+
+    /// (N, C_in, H, W) -> (N, 4 * width, H / stride, W / stride)
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let out = self.reduce.forward_t(x, train)?.relu()?;
+        let out = self.spatial.forward_t(&out, train)?.relu()?;
+        let out = self.expand.forward_t(&out, train)?;
+        let identity = match &self.downsample {
+            Some(downsample) => downsample.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        (out + identity)?.relu()
+    }
+}
+
+/// The stem's 3x3 max pool, stride 2, padding 1.
+///
+/// Edge replication stands in for PyTorch's -inf padding: every window that reaches into the
+/// padding also holds the edge pixel that was replicated, so the maximum is the same. candle's
+/// `max_pool2d` has no backward when kernel != stride, so training takes the maximum of the nine
+/// strided views instead, which autograd handles.
+pub fn stem_max_pool(x: &Tensor, train: bool) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (out_h, out_w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    // Enough right/bottom padding that every strided view below has 2 * out rows/cols to fold.
+    let padded =
+        x.pad_with_same(2, 1, 2 * out_h + 1 - h)?
+            .pad_with_same(3, 1, 2 * out_w + 1 - w)?;
+    if !train {
+        return padded
+            .narrow(2, 0, 2 * out_h + 1)?
+            .narrow(3, 0, 2 * out_w + 1)?
+            .max_pool2d_with_stride(3, 2);
+    }
+    let (n, c, _, _) = padded.dims4()?;
+    let mut pooled: Option<Tensor> = None;
+    for dy in 0..3 {
+        let rows = padded
+            .narrow(2, dy, 2 * out_h)?
+            .reshape((n, c, out_h, 2, padded.dim(3)?))?
+            .narrow(3, 0, 1)?
+            .squeeze(3)?;
+        for dx in 0..3 {
+            let view = rows
+                .narrow(3, dx, 2 * out_w)?
+                .reshape((n, c, out_h, out_w, 2))?
+                .narrow(4, 0, 1)?
+                .squeeze(4)?;
+            pooled = Some(match pooled {
+                None => view,
+                Some(acc) => acc.maximum(&view)?,
+            });
+        }
+    }
+    Ok(pooled.expect("the 3x3 window has nine views"))
+}
+
+/// ResNet50 with any number of output classes.
+#[derive(Debug, Clone)]
+pub struct ResNet50 {
+    stem: ConvBn,
+    stages: Vec<Vec<Bottleneck>>,
+    fc: Linear,
+    num_classes: usize,
+}
+
+impl ResNet50 {
+    /// Builds the network from `vb`, reading (or, on a `VarMap`, creating) every tensor under
+    /// torchvision's name.
+    pub fn new(vb: VarBuilder, num_classes: usize) -> Result<Self> {
+        let stem = ConvBn {
+            conv: conv2d(vb.pp("conv1"), 3, 64, 7, 2, 3)?,
+            bn: batch_norm(vb.pp("bn1"), 64)?,
+        };
+        let mut c_in = 64;
+        let mut stages = Vec::with_capacity(BLOCKS_PER_STAGE.len());
+        for (stage, &blocks) in BLOCKS_PER_STAGE.iter().enumerate() {
+            let width = 64 << stage;
+            let vb_stage = vb.pp(format!("layer{}", stage + 1));
+            let mut stage_blocks = Vec::with_capacity(blocks);
+            for block in 0..blocks {
+                let stride = if block == 0 && stage > 0 { 2 } else { 1 };
+                stage_blocks.push(Bottleneck::new(vb_stage.pp(block), c_in, width, stride)?);
+                c_in = width * EXPANSION;
+            }
+            stages.push(stage_blocks);
+        }
+        let vb_fc = vb.pp("fc");
+        let fc = Linear::new(
+            vb_fc.get((num_classes, FEATURE_DIM), "weight")?,
+            Some(vb_fc.get(num_classes, "bias")?),
+        );
+        Ok(Self {
+            stem,
+            stages,
+            fc,
+            num_classes,
+        })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// The head's (classes, 2048) weight matrix, which turns `feature_map` into a class
+    /// activation map.
+    pub fn head_weight(&self) -> &Tensor {
+        self.fc.weight()
+    }
+
+    /// (N, 3, H, W) normalised images -> logits (N, classes), features (N, 2048) and the `layer4`
+    /// map (N, 2048, H/32, W/32). `train` selects batch statistics (and updates the running ones).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ResNetOutput> {
+        let x = self.stem.forward_t(x, train)?.relu()?; // (N, 64, H/2, W/2)
+        let mut x = stem_max_pool(&x, train)?; // (N, 64, H/4, W/4)
+        for stage in &self.stages {
+            for block in stage {
+                x = block.forward_t(&x, train)?;
+            }
+        }
+        let features = x.mean(D::Minus1)?.mean(D::Minus1)?; // (N, 2048)
+        let logits = self.fc.forward(&features)?; // (N, classes)
+        Ok(ResNetOutput {
+            logits,
+            features,
+            feature_map: x,
+        })
+    }
+}

@@ -1,0 +1,206 @@
+//! torchvision's ResNet eval transform, computed in f32 exactly as its tensor path does:
+//! `Resize(256, bilinear, antialias=True)`, `CenterCrop(224)`, then `Normalize(mean, std)`.
+
+use candle_core::{Device, Tensor};
+use image::Rgb32FImage;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::decode_rgb;
+use crate::error::Result;
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// The input transform a model was trained with; the model card records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    /// Shorter side after resizing (bilinear with antialiasing).
+    pub resize_shorter: u32,
+    /// Side of the centre crop.
+    pub crop: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub channels: String,
+}
+
+impl Default for Preprocessing {
+    fn default() -> Self {
+        Self {
+            resize_shorter: 256,
+            crop: 224,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+            channels: "rgb, gray replicated, alpha dropped".into(),
+        }
+    }
+}
+
+/// Taps of the antialiased triangle filter for one output index: the first input index and the
+/// normalised weights that follow it.
+struct Taps {
+    first: usize,
+    weights: Vec<f32>,
+}
+
+/// PyTorch's `_compute_indices_weights_aa` for bilinear: the filter widens with the downscale
+/// factor so every input pixel contributes (PIL's antialiasing).
+fn filter_taps(in_size: usize, out_size: usize, outputs: std::ops::Range<usize>) -> Vec<Taps> {
+    let scale = in_size as f64 / out_size as f64;
+    let (support, inv_scale) = if scale >= 1.0 {
+        (scale, 1.0 / scale)
+    } else {
+        (1.0, 1.0)
+    };
+    outputs
+        .map(|i| {
+            let center = scale * (i as f64 + 0.5);
+            let first = ((center - support + 0.5) as i64).max(0) as usize;
+            let end = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let raw: Vec<f64> = (first..end)
+                .map(|j| {
+                    let x = (j as f64 - center + 0.5) * inv_scale;
+                    (1.0 - x.abs()).max(0.0)
+                })
+                .collect();
+            let total: f64 = raw.iter().sum();
+            let weights = raw
+                .iter()
+                .map(|w| if total > 0.0 { (w / total) as f32 } else { 0.0 })
+                .collect();
+            Taps { first, weights }
+        })
+        .collect()
+}
+
+/// torchvision's `Resize(int)`: the shorter side becomes `shorter`, the longer one keeps the
+/// aspect ratio, truncated.
+fn resized_size(width: usize, height: usize, shorter: usize) -> (usize, usize) {
+    let (short, long) = (width.min(height), width.max(height));
+    let new_long = (shorter as f64 * long as f64 / short as f64) as usize;
+    if width <= height {
+        (shorter, new_long)
+    } else {
+        (new_long, shorter)
+    }
+}
+
+/// torchvision's centre-crop offset: `int(round((size - crop) / 2))`, with Python's round.
+fn crop_offset(size: usize, crop: usize) -> usize {
+    ((size as f64 - crop as f64) / 2.0)
+        .round_ties_even()
+        .max(0.0) as usize
+}
+
+impl Preprocessing {
+    /// Resize + centre crop in [0, 1], channel-major (3, crop, crop). Only the cropped region is
+    /// ever computed, so a long, thin image costs no more than a square one.
+    pub fn resized_crop(&self, image: &Rgb32FImage) -> Vec<f32> {
+        let (in_w, in_h) = (image.width() as usize, image.height() as usize);
+        let crop = self.crop as usize;
+        let (out_w, out_h) = resized_size(in_w, in_h, self.resize_shorter as usize);
+        let (left, top) = (crop_offset(out_w, crop), crop_offset(out_h, crop));
+        let cols = filter_taps(in_w, out_w, left..left + crop);
+        let rows = filter_taps(in_h, out_h, top..top + crop);
+        let pixels = image.as_raw();
+
+        // Horizontal pass over every input row: (in_h, crop, 3).
+        let mut horizontal = vec![0f32; in_h * crop * 3];
+        for y in 0..in_h {
+            let row = &pixels[y * in_w * 3..(y + 1) * in_w * 3];
+            for (x, taps) in cols.iter().enumerate() {
+                let mut acc = [0f32; 3];
+                for (k, w) in taps.weights.iter().enumerate() {
+                    let px = &row[(taps.first + k) * 3..(taps.first + k) * 3 + 3];
+                    for c in 0..3 {
+                        acc[c] += w * px[c];
+                    }
+                }
+                horizontal[(y * crop + x) * 3..(y * crop + x) * 3 + 3].copy_from_slice(&acc);
+            }
+        }
+
+        // Vertical pass into channel-major output: (3, crop, crop).
+        let plane = crop * crop;
+        let mut out = vec![0f32; 3 * plane];
+        for (y, taps) in rows.iter().enumerate() {
+            for x in 0..crop {
+                let mut acc = [0f32; 3];
+                for (k, w) in taps.weights.iter().enumerate() {
+                    let px = &horizontal[((taps.first + k) * crop + x) * 3..][..3];
+                    for c in 0..3 {
+                        acc[c] += w * px[c];
+                    }
+                }
+                for c in 0..3 {
+                    out[c * plane + y * crop + x] = acc[c];
+                }
+            }
+        }
+        out
+    }
+
+    /// Normalises a channel-major (3, H, W) buffer in place with the mean and std.
+    pub fn normalize(&self, chw: &mut [f32]) {
+        let plane = chw.len() / 3;
+        for (c, channel) in chw.chunks_mut(plane).enumerate() {
+            for v in channel {
+                *v = (*v - self.mean[c]) / self.std[c];
+            }
+        }
+    }
+
+    /// The whole eval transform: (3, crop, crop), normalised.
+    pub fn apply(&self, image: &Rgb32FImage) -> Vec<f32> {
+        let mut chw = self.resized_crop(image);
+        self.normalize(&mut chw);
+        chw
+    }
+
+    /// Decodes image bytes and applies the eval transform: a (3, crop, crop) tensor.
+    pub fn tensor_from_bytes(&self, bytes: &[u8], device: &Device) -> Result<Tensor> {
+        let image = decode_rgb(bytes)?;
+        let crop = self.crop as usize;
+        Ok(Tensor::from_vec(
+            self.apply(&image),
+            (3, crop, crop),
+            device,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taps_sum_to_one_and_stay_in_bounds() {
+        for (inp, out) in [(640, 256), (100, 256), (257, 256), (1, 256), (5000, 256)] {
+            for taps in filter_taps(inp, out, 0..out) {
+                let sum: f32 = taps.weights.iter().sum();
+                assert!((sum - 1.0).abs() < 1e-5, "{inp}->{out}: {sum}");
+                assert!(taps.first + taps.weights.len() <= inp);
+            }
+        }
+    }
+
+    #[test]
+    fn resize_keeps_aspect_like_torchvision() {
+        assert_eq!(resized_size(640, 640, 256), (256, 256));
+        assert_eq!(resized_size(1000, 600, 256), (426, 256));
+        assert_eq!(resized_size(600, 1001, 256), (256, 427));
+        assert_eq!(crop_offset(256, 224), 16);
+        assert_eq!(crop_offset(257, 224), 16); // round(16.5) == 16 in Python
+        assert_eq!(crop_offset(259, 224), 18); // round(17.5) == 18
+    }
+
+    #[test]
+    fn constant_image_stays_constant() {
+        let image = Rgb32FImage::from_pixel(300, 500, image::Rgb([0.25, 0.5, 0.75]));
+        let out = Preprocessing::default().resized_crop(&image);
+        assert_eq!(out.len(), 3 * 224 * 224);
+        for (c, expected) in [0.25f32, 0.5, 0.75].iter().enumerate() {
+            let plane = &out[c * 224 * 224..(c + 1) * 224 * 224];
+            assert!(plane.iter().all(|v| (v - expected).abs() < 1e-5));
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Loading and saving weights: torchvision names, transfer from another class count, clear errors.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use pneumoscope::checkpoint::{state_dict, to_safetensors_bytes, Checkpoint, HeadLoad};
+use pneumoscope::{init, Error};
+use pneumoscope_tests::{formula_weights, relative_error, varmap_model};
+
+fn bytes_of(tensors: &HashMap<String, Tensor>) -> Vec<u8> {
+    to_safetensors_bytes(tensors).unwrap()
+}
+
+#[test]
+fn imagenet_head_loads_backbone_and_keeps_a_fresh_head() {
+    let imagenet = Checkpoint::from_tensors(formula_weights(1000));
+    let (varmap, _) = varmap_model(3);
+    init::initialize(&varmap, 7).unwrap();
+    let fresh_head = state_dict(&varmap, DType::F32, 0).unwrap()["fc.weight"].clone();
+
+    let head = imagenet.load_into(&varmap, true).unwrap();
+    assert_eq!(
+        head,
+        HeadLoad::KeptFresh {
+            checkpoint_classes: 1000
+        }
+    );
+    let loaded = state_dict(&varmap, DType::F32, 0).unwrap();
+    assert_eq!(relative_error(&loaded["fc.weight"], &fresh_head), 0.0);
+    let conv = "layer3.5.conv2.weight";
+    assert_eq!(
+        relative_error(&loaded[conv], &imagenet.tensors()[conv]),
+        0.0
+    );
+    // PyTorch's nn.Linear init: U(-1/sqrt(2048), 1/sqrt(2048)).
+    let bound = 1.0 / 2048f32.sqrt();
+    let head_values = fresh_head.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(head_values.iter().all(|v| v.abs() <= bound));
+    assert!(head_values.iter().any(|v| v.abs() > bound / 2.0));
+
+    let before = state_dict(&varmap, DType::F32, 0).unwrap()[conv]
+        .copy()
+        .unwrap();
+    let (untouched, _) = varmap_model(3);
+    let err = imagenet.load_into(&untouched, false).unwrap_err();
+    assert!(
+        matches!(&err, Error::ShapeMismatch { name, .. } if name.starts_with("fc.")),
+        "{err}"
+    );
+    // Nothing was loaded: the refused checkpoint left the model as it was.
+    let after = state_dict(&untouched, DType::F32, 0).unwrap();
+    assert!(after[conv]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| *v == 0.0));
+    assert_eq!(
+        relative_error(&state_dict(&varmap, DType::F32, 0).unwrap()[conv], &before),
+        0.0
+    );
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let mut weights = formula_weights(3);
+    weights.remove("layer2.0.downsample.1.running_var");
+    let err = Checkpoint::from_tensors(weights.clone())
+        .into_model(&Device::Cpu)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("layer2.0.downsample.1.running_var"),
+        "{err}"
+    );
+    let (varmap, _) = varmap_model(3);
+    let err = Checkpoint::from_tensors(weights)
+        .load_into(&varmap, true)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name } if name == "layer2.0.downsample.1.running_var")
+    );
+}
+
+#[test]
+fn shape_mismatch_is_named() {
+    let mut weights = formula_weights(3);
+    weights.insert(
+        "layer1.0.conv2.weight".into(),
+        Tensor::zeros((64, 64, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let err = Checkpoint::from_tensors(weights)
+        .into_model(&Device::Cpu)
+        .unwrap_err();
+    match err {
+        Error::ShapeMismatch {
+            name,
+            expected,
+            found,
+        } => {
+            assert_eq!(name, "layer1.0.conv2.weight");
+            assert_eq!(expected, vec![64, 64, 3, 3]);
+            assert_eq!(found, vec![64, 64, 1, 1]);
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn save_and_load_round_trip_in_f32_and_f16() {
+    let (varmap, _) = varmap_model(3);
+    init::initialize(&varmap, 11).unwrap();
+    let original = state_dict(&varmap, DType::F32, 0).unwrap();
+    let dir = std::env::temp_dir().join(format!("pneumoscope-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (dtype, tolerance) in [(DType::F32, 0.0), (DType::F16, 1e-3)] {
+        let path = dir.join(format!("{dtype:?}.safetensors"));
+        pneumoscope::checkpoint::save(&varmap, &path, dtype, 42).unwrap();
+        let raw = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(raw.len(), 320, "267 tensors + 53 num_batches_tracked");
+        let tracked = &raw["layer4.2.bn3.num_batches_tracked"];
+        assert_eq!(tracked.dtype(), DType::I64);
+        assert_eq!(tracked.to_scalar::<i64>().unwrap(), 42);
+        let loaded = Checkpoint::from_file(&path, &Device::Cpu).unwrap();
+        assert_eq!(loaded.tensors().len(), 267);
+        for (name, tensor) in &original {
+            if name.ends_with("num_batches_tracked") {
+                continue;
+            }
+            let err = relative_error(&loaded.tensors()[name], tensor);
+            assert!(err <= tolerance, "{name} {dtype:?}: {err}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unreadable_weights_files_are_clear_errors() {
+    let cpu = Device::Cpu;
+    for (what, bytes) in [
+        ("empty", Vec::new()),
+        ("text", b"<html>404 not found</html>".to_vec()),
+        ("truncated", bytes_of(&formula_weights(3))[..5000].to_vec()),
+    ] {
+        let err = Checkpoint::from_bytes(&bytes, &cpu).unwrap_err();
+        assert!(matches!(err, Error::Checkpoint(_)), "{what}: {err}");
+    }
+    let err = Checkpoint::from_file(std::path::Path::new("/nonexistent/w.safetensors"), &cpu)
+        .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/w.safetensors"));
+
+    let mut ints = HashMap::new();
+    ints.insert(
+        "fc.weight".to_string(),
+        Tensor::zeros((3, 2048), DType::I64, &cpu).unwrap(),
+    );
+    let err = Checkpoint::from_bytes(&bytes_of(&ints), &cpu).unwrap_err();
+    assert!(err.to_string().contains("fc.weight"), "{err}");
+}
+
+#[test]
+fn another_architecture_is_rejected_by_name() {
+    let mut other = HashMap::new();
+    other.insert(
+        "features.0.weight".to_string(),
+        Tensor::zeros((64, 3, 3, 3), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let checkpoint = Checkpoint::from_bytes(&bytes_of(&other), &Device::Cpu).unwrap();
+    let err = checkpoint.into_model(&Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name } if name == "fc.weight"),
+        "{err}"
+    );
+}

@@ -1,0 +1,38 @@
+//! The stem's differentiable max pool (training) equals candle's `max_pool2d` (eval).
+
+use candle_core::{Device, Tensor};
+use pneumoscope::model::stem_max_pool;
+
+#[test]
+fn training_max_pool_equals_eval_max_pool() {
+    for (h, w) in [(112, 112), (113, 111), (7, 9), (2, 2), (1, 1)] {
+        let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &Device::Cpu).unwrap();
+        let train = stem_max_pool(&x, true).unwrap();
+        let eval = stem_max_pool(&x, false).unwrap();
+        assert_eq!(train.dims(), eval.dims(), "{h}x{w}");
+        assert_eq!(train.dims()[2..], [(h - 1) / 2 + 1, (w - 1) / 2 + 1]);
+        let diff = (train - eval).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{h}x{w}");
+    }
+}
+
+#[test]
+fn max_pool_matches_a_direct_computation() {
+    let (h, w) = (5, 6);
+    let values: Vec<f32> = (0..h * w).map(|i| ((i * 37) % 23) as f32).collect();
+    let x = Tensor::from_vec(values.clone(), (1, 1, h, w), &Device::Cpu).unwrap();
+    let pooled = stem_max_pool(&x, false).unwrap().flatten_all().unwrap();
+    let pooled = pooled.to_vec1::<f32>().unwrap();
+    let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let mut best = f32::NEG_INFINITY;
+            for y in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                for x in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                    best = best.max(values[y * w + x]);
+                }
+            }
+            assert_eq!(pooled[oy * ow + ox], best, "({oy}, {ox})");
+        }
+    }
+}

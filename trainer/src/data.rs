@@ -1,0 +1,241 @@
+//! ImageFolder data: scanning, hashing, decoding into an in-memory cache, and the stratified
+//! train/validation split.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use pneumoscope::card::{sha256_hex, DatasetRecord};
+use pneumoscope::decode::decode_rgb;
+use pneumoscope::Preprocessing;
+use rand::seq::SliceRandom;
+use rand::{rngs::StdRng, SeedableRng};
+use rayon::prelude::*;
+
+/// One labelled file of an ImageFolder tree.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub path: PathBuf,
+    /// "class/file.png", the name used in exclude lists and reports.
+    pub relative: String,
+    pub label: usize,
+}
+
+/// An ImageFolder tree: one sub-folder per class, class names from the sorted folder names.
+#[derive(Debug, Clone)]
+pub struct ImageFolder {
+    pub root: PathBuf,
+    pub classes: Vec<String>,
+    pub samples: Vec<Sample>,
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read data folder {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    entries.retain(|p| {
+        !p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+    });
+    entries.sort();
+    Ok(entries)
+}
+
+impl ImageFolder {
+    /// Scans `root`. Fewer than two classes, or a class folder without files, is an error.
+    pub fn scan(root: &Path) -> Result<Self> {
+        let class_dirs: Vec<PathBuf> = sorted_entries(root)?
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .collect();
+        if class_dirs.len() < 2 {
+            bail!(
+                "{} has {} class folder(s); an ImageFolder needs one folder per class and at least two classes",
+                root.display(),
+                class_dirs.len()
+            );
+        }
+        let mut classes = Vec::new();
+        let mut samples = Vec::new();
+        for (label, dir) in class_dirs.iter().enumerate() {
+            let class = dir.file_name().unwrap().to_string_lossy().to_string();
+            let files: Vec<PathBuf> = sorted_entries(dir)?
+                .into_iter()
+                .filter(|p| p.is_file())
+                .collect();
+            if files.is_empty() {
+                bail!("class folder {} is empty", dir.display());
+            }
+            for path in files {
+                let relative = format!("{class}/{}", path.file_name().unwrap().to_string_lossy());
+                samples.push(Sample {
+                    path,
+                    relative,
+                    label,
+                });
+            }
+            classes.push(class);
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            classes,
+            samples,
+        })
+    }
+
+    /// Checks that this folder has exactly the model's classes, in the same order.
+    pub fn expect_classes(&self, expected: &[String]) -> Result<()> {
+        if self.classes != expected {
+            bail!(
+                "{} has classes {:?}, the model has {:?}",
+                self.root.display(),
+                self.classes,
+                expected
+            );
+        }
+        Ok(())
+    }
+
+    /// Leaves out the samples named in `exclude` ("class/file" per line, `#` comments allowed);
+    /// returns the names that were removed. A name that matches nothing is an error, so a typo
+    /// cannot silently change what a number means.
+    pub fn exclude(&mut self, exclude: &str) -> Result<Vec<String>> {
+        let names: HashSet<&str> = exclude
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let present: HashSet<&str> = self.samples.iter().map(|s| s.relative.as_str()).collect();
+        let mut unknown: Vec<&&str> = names.iter().filter(|n| !present.contains(**n)).collect();
+        if !unknown.is_empty() {
+            unknown.sort();
+            bail!(
+                "exclude list names files not in {}: {unknown:?}",
+                self.root.display()
+            );
+        }
+        let mut removed: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        removed.sort();
+        self.samples
+            .retain(|s| !names.contains(s.relative.as_str()));
+        Ok(removed)
+    }
+}
+
+/// Decoded, resized and cropped images in [0, 1], channel-major (3, crop, crop), held in memory
+/// so an epoch never decodes a file again.
+pub struct CachedImages {
+    pub classes: Vec<String>,
+    pub samples: Vec<Sample>,
+    pub pixels: Vec<Vec<f32>>,
+    pub record: DatasetRecord,
+}
+
+/// Decodes every sample in parallel. Files that fail are skipped with a warning naming them, and
+/// recorded; a class left with no image is an error.
+pub fn load(folder: &ImageFolder, preprocessing: &Preprocessing) -> Result<CachedImages> {
+    let decoded: Vec<(String, std::result::Result<Vec<f32>, String>)> = folder
+        .samples
+        .par_iter()
+        .map(|sample| {
+            let outcome = std::fs::read(&sample.path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    let hash = sha256_hex(&bytes);
+                    decode_rgb(&bytes)
+                        .map(|image| (hash, preprocessing.resized_crop(&image)))
+                        .map_err(|e| e.to_string())
+                });
+            match outcome {
+                Ok((hash, pixels)) => (hash, Ok(pixels)),
+                Err(e) => (String::new(), Err(e)),
+            }
+        })
+        .collect();
+
+    let mut samples = Vec::new();
+    let mut pixels = Vec::new();
+    let mut skipped = Vec::new();
+    let mut manifest = String::new();
+    for (sample, (hash, outcome)) in folder.samples.iter().zip(decoded) {
+        match outcome {
+            Ok(p) => {
+                manifest += &format!("{}\t{hash}\n", sample.relative);
+                samples.push(sample.clone());
+                pixels.push(p);
+            }
+            Err(error) => {
+                eprintln!("warning: skipping {}: {error}", sample.path.display());
+                skipped.push((sample.relative.clone(), error));
+            }
+        }
+    }
+    let per_class: Vec<(String, usize)> = folder
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(label, class)| {
+            let count = samples.iter().filter(|s| s.label == label).count();
+            (class.clone(), count)
+        })
+        .collect();
+    if let Some((class, _)) = per_class.iter().find(|(_, n)| *n == 0) {
+        bail!(
+            "class `{class}` has no readable image in {}",
+            folder.root.display()
+        );
+    }
+    let record = DatasetRecord {
+        root: folder.root.display().to_string(),
+        files: samples.len(),
+        content_sha256: sha256_hex(manifest.as_bytes()),
+        per_class,
+        train_per_class: Vec::new(),
+        validation_per_class: Vec::new(),
+        skipped,
+    };
+    Ok(CachedImages {
+        classes: folder.classes.clone(),
+        samples,
+        pixels,
+        record,
+    })
+}
+
+/// A stratified split: within each class, shuffle with `seed` and hold out
+/// `round(fraction * n)` images (at least one when the class has two or more) for validation.
+/// Returns (train, validation) sample indices, each sorted.
+pub fn stratified_split(
+    labels: &[usize],
+    num_classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    for class in 0..num_classes {
+        let mut members: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+        members.shuffle(&mut rng);
+        let mut held_out = (fraction * members.len() as f64).round() as usize;
+        if held_out == 0 && members.len() >= 2 && fraction > 0.0 {
+            held_out = 1;
+        }
+        validation.extend_from_slice(&members[..held_out]);
+        train.extend_from_slice(&members[held_out..]);
+    }
+    train.sort_unstable();
+    validation.sort_unstable();
+    (train, validation)
+}
+
+/// Images per class among `indices`.
+pub fn class_counts(labels: &[usize], indices: &[usize], num_classes: usize) -> Vec<usize> {
+    let mut counts = vec![0; num_classes];
+    for &i in indices {
+        counts[labels[i]] += 1;
+    }
+    counts
+}

@@ -1,0 +1,122 @@
+//! `trainer evaluate`: the classification report (scikit-learn's layout), the confusion matrix and
+//! its plot, optionally recorded in the model card.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::Args;
+use pneumoscope::card::{Evaluation, ModelCard};
+use pneumoscope::checkpoint::write_atomic;
+use pneumoscope::metrics::{confusion_matrix, ClassificationReport};
+use pneumoscope::Classifier;
+
+use crate::data::ImageFolder;
+use crate::plots;
+use crate::predict::load_classifier;
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Model card: class names and preprocessing; --record writes the result into it.
+    #[arg(long)]
+    pub card: Option<PathBuf>,
+    /// ImageFolder with the model's classes.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// File listing "class/file" names to leave out (e.g. test-leaks.txt).
+    #[arg(long)]
+    pub exclude: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Folder for report.txt and confusion.png.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Record the evaluation in the card under this name (replacing one of the same name).
+    #[arg(long, requires = "card")]
+    pub record: Option<String>,
+}
+
+/// Classifies every sample of `folder`; unreadable files are reported and left out.
+pub fn evaluate_folder(
+    classifier: &Classifier,
+    folder: &ImageFolder,
+) -> (ClassificationReport, Vec<(String, String)>) {
+    let mut pairs = Vec::new();
+    let mut failed = Vec::new();
+    for sample in &folder.samples {
+        let outcome = std::fs::read(&sample.path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| classifier.classify_bytes(&b).map_err(|e| e.to_string()));
+        match outcome {
+            Ok(prediction) => pairs.push((sample.label, prediction.top)),
+            Err(error) => {
+                eprintln!("warning: {}: {error}", sample.path.display());
+                failed.push((sample.relative.clone(), error));
+            }
+        }
+    }
+    let labels = classifier.classes().to_vec();
+    let confusion = confusion_matrix(&pairs, labels.len());
+    (
+        ClassificationReport::from_confusion(confusion, labels),
+        failed,
+    )
+}
+
+pub fn confusion_text(report: &ClassificationReport) -> String {
+    let width = report.labels.iter().map(|l| l.len()).max().unwrap_or(8);
+    let mut text = format!("{:>width$}  predicted ->\n", "true");
+    for (label, row) in report.labels.iter().zip(&report.confusion) {
+        let cells: Vec<String> = row.iter().map(|n| format!("{n:>6}")).collect();
+        text += &format!("{label:>width$}  {}\n", cells.join(""));
+    }
+    text
+}
+
+pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport> {
+    let classifier = load_classifier(&args.weights, args.card.as_deref(), device)?;
+    let mut folder = ImageFolder::scan(&args.data)?;
+    folder.expect_classes(classifier.classes())?;
+    let excluded = match &args.exclude {
+        Some(path) => {
+            let list = std::fs::read_to_string(path)
+                .with_context(|| format!("reading exclude list {}", path.display()))?;
+            folder.exclude(&list)?
+        }
+        None => Vec::new(),
+    };
+    let (report, failed) = evaluate_folder(&classifier, &folder);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} images ({} excluded, {} unreadable)\n",
+            folder.samples.len() - failed.len(),
+            excluded.len(),
+            failed.len()
+        );
+        println!("{}", report.to_text());
+        println!("{}", confusion_text(&report));
+    }
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        let text = format!("{}\n{}", report.to_text(), confusion_text(&report));
+        write_atomic(&out.join("report.txt"), text.as_bytes())?;
+        plots::confusion(&out.join("confusion.png"), &report)?;
+    }
+    if let (Some(name), Some(card_path)) = (&args.record, &args.card) {
+        let mut card = ModelCard::from_json(&std::fs::read_to_string(card_path)?)?;
+        card.evaluations.retain(|e| &e.name != name);
+        card.evaluations.push(Evaluation {
+            name: name.clone(),
+            data: args.data.display().to_string(),
+            excluded,
+            report: report.clone(),
+        });
+        write_atomic(card_path, card.to_json().as_bytes())?;
+    }
+    Ok(report)
+}

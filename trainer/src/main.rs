@@ -1,0 +1,53 @@
+//! Pneumoscope's trainer: `train`, `evaluate` and `predict`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use trainer::device::{self, DeviceChoice};
+use trainer::{evaluate, predict, training};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Train, evaluate and run Pneumoscope's chest X-ray ResNet50"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fine-tune (or train from scratch) on an ImageFolder with the seed paper's recipe.
+    Train(training::TrainArgs),
+    /// Classification report and confusion matrix on a labelled ImageFolder.
+    Evaluate {
+        #[command(flatten)]
+        args: evaluate::EvaluateArgs,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
+    /// Class probabilities for image files.
+    Predict {
+        #[command(flatten)]
+        args: predict::PredictArgs,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train(args) => {
+            training::run(&args)?;
+        }
+        Command::Evaluate { args, device } => {
+            evaluate::run(&args, &device::select(device)?)?;
+        }
+        Command::Predict { args, device } => {
+            if !predict::run(&args, &device::select(device)?)? {
+                std::process::exit(2);
+            }
+        }
+    }
+    Ok(())
+}

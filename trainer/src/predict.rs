@@ -1,0 +1,119 @@
+//! `trainer predict`: class probabilities for image files, the reference the browser tests
+//! compare against.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::Args;
+use pneumoscope::{Checkpoint, Classifier, ModelCard};
+use serde::Serialize;
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Weights (safetensors, torchvision names).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Model card (JSON); gives class names and the preprocessing, and its SHA-256 is checked.
+    #[arg(long)]
+    pub card: Option<PathBuf>,
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Image files (PNG or JPEG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum ImageResult {
+    Classified {
+        file: String,
+        probabilities: BTreeMap<String, f32>,
+        top: String,
+        top_probability: f32,
+    },
+    Failed {
+        file: String,
+        error: String,
+    },
+}
+
+/// Loads weights (and the card, checking the weights' SHA-256 against it) into a classifier.
+pub fn load_classifier(weights: &Path, card: Option<&Path>, device: &Device) -> Result<Classifier> {
+    let bytes =
+        std::fs::read(weights).with_context(|| format!("reading weights {}", weights.display()))?;
+    let card = match card {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading model card {}", path.display()))?;
+            let card = ModelCard::from_json(&text)?;
+            card.verify_weights(&bytes)
+                .with_context(|| format!("{} against {}", weights.display(), path.display()))?;
+            Some(card)
+        }
+        None => None,
+    };
+    let checkpoint = Checkpoint::from_bytes(&bytes, device)
+        .with_context(|| format!("loading {}", weights.display()))?;
+    Ok(Classifier::new(checkpoint, card.as_ref(), device)?)
+}
+
+fn classify(classifier: &Classifier, path: &Path) -> ImageResult {
+    let file = path.display().to_string();
+    let outcome = std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| classifier.classify_bytes(&bytes).map_err(|e| e.to_string()));
+    match outcome {
+        Ok(prediction) => {
+            let classes = classifier.classes();
+            ImageResult::Classified {
+                file,
+                probabilities: classes
+                    .iter()
+                    .cloned()
+                    .zip(prediction.probabilities.iter().copied())
+                    .collect(),
+                top: classes[prediction.top].clone(),
+                top_probability: prediction.probabilities[prediction.top],
+            }
+        }
+        Err(error) => ImageResult::Failed { file, error },
+    }
+}
+
+/// Returns whether every image was classified.
+pub fn run(args: &PredictArgs, device: &Device) -> Result<bool> {
+    let classifier = load_classifier(&args.weights, args.card.as_deref(), device)?;
+    let results: Vec<ImageResult> = args
+        .images
+        .iter()
+        .map(|p| classify(&classifier, p))
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for result in &results {
+            match result {
+                ImageResult::Classified {
+                    file,
+                    probabilities,
+                    top,
+                    ..
+                } => {
+                    println!("{file}");
+                    for class in classifier.classes() {
+                        let marker = if class == top { "  <- top" } else { "" };
+                        println!("  {class:<20} {:.4}{marker}", probabilities[class]);
+                    }
+                }
+                ImageResult::Failed { file, error } => println!("{file}\n  error: {error}"),
+            }
+        }
+    }
+    Ok(results
+        .iter()
+        .all(|r| matches!(r, ImageResult::Classified { .. })))
+}

@@ -1,0 +1,565 @@
+//! `trainer train`: the seed paper's recipe (SGD momentum 0.9, lr 0.1 with StepLR(10, 0.1),
+//! batch 32, 20 epochs, 85:15 stratified split, best-validation checkpoint), resumable, with
+//! everything a run needs to be reproduced recorded in the model card.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use pneumoscope::card::{sha256_hex, ModelCard, TrainingRecord, WeightsInfo, ARCHITECTURE};
+use pneumoscope::checkpoint::{named_vars, state_dict, to_safetensors_bytes, write_atomic};
+use pneumoscope::{init, Checkpoint, Preprocessing, ResNet50};
+use rand::seq::SliceRandom;
+use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::augment::Augmentation;
+use crate::data::{class_counts, load, stratified_split, CachedImages, ImageFolder};
+use crate::device::{select, DeviceChoice};
+use crate::optim::{step_lr, Sgd, SgdConfig};
+use crate::plots;
+
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const BEST_FILE: &str = "best.safetensors";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const CARD_FILE: &str = "model.json";
+pub const METRICS_FILE: &str = "metrics.csv";
+const MOMENTUM_PREFIX: &str = "optimizer.momentum.";
+const STATE_KEY: &str = "pneumoscope.train_state";
+
+/// The last part of the network that `--freeze` keeps fixed (everything before it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
+pub enum FreezeUpTo {
+    Stem,
+    Layer1,
+    Layer2,
+    Layer3,
+    Layer4,
+}
+
+impl FreezeUpTo {
+    /// Whether the parameter `name` lies in the frozen part.
+    fn freezes(self, name: &str) -> bool {
+        let part = match name.split('.').next().unwrap_or("") {
+            "conv1" | "bn1" => FreezeUpTo::Stem,
+            "layer1" => FreezeUpTo::Layer1,
+            "layer2" => FreezeUpTo::Layer2,
+            "layer3" => FreezeUpTo::Layer3,
+            "layer4" => FreezeUpTo::Layer4,
+            _ => return false,
+        };
+        part <= self
+    }
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
+pub struct TrainArgs {
+    /// ImageFolder root: one sub-folder per class.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder for checkpoints, the exported model, its card, metrics and plots.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long)]
+    pub nesterov: bool,
+    /// StepLR step size, in epochs.
+    #[arg(long, default_value_t = 10)]
+    pub lr_step: usize,
+    /// StepLR decay factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f64,
+    /// Fraction of each class held out for validation.
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    /// Seed of the split, the initialisation, the shuffling and the augmentation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Start from this ResNet50 checkpoint (torchvision or timm names; e.g. ImageNet weights, or
+    /// an earlier model of ours). A head with another class count is replaced by a fresh one.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Keep this part and everything before it fixed (the paper froze up to layer2).
+    #[arg(long)]
+    pub freeze: Option<FreezeUpTo>,
+    /// Random rotation range in degrees (0 disables).
+    #[arg(long, default_value_t = 10.0)]
+    pub rotation: f32,
+    /// Random translation range as a fraction of the image side (0 disables).
+    #[arg(long, default_value_t = 0.1)]
+    pub translate: f32,
+    /// Random scaling range: scale drawn from [1 - s, 1 + s] (0 disables).
+    #[arg(long, default_value_t = 0.1)]
+    pub scale: f32,
+    /// Shorter side after resizing.
+    #[arg(long, default_value_t = 256)]
+    pub resize: u32,
+    /// Side of the centre crop fed to the network.
+    #[arg(long, default_value_t = 224)]
+    pub crop: u32,
+    /// Export the model in f16 (half the download).
+    #[arg(long)]
+    pub f16: bool,
+    /// Continue the run in --out from its last completed epoch.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+impl TrainArgs {
+    fn augmentation(&self) -> Augmentation {
+        Augmentation {
+            rotation_degrees: self.rotation,
+            translate_fraction: self.translate,
+            scale_delta: self.scale,
+        }
+    }
+
+    fn preprocessing(&self) -> Preprocessing {
+        Preprocessing {
+            resize_shorter: self.resize,
+            crop: self.crop,
+            ..Preprocessing::default()
+        }
+    }
+
+    /// The settings a resumed run must share with the original (all but the epoch count, the
+    /// resume flag and the device).
+    fn recipe_key(&self) -> TrainArgs {
+        TrainArgs {
+            epochs: 0,
+            resume: false,
+            device: DeviceChoice::Auto,
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub validation_loss: f64,
+    pub validation_accuracy: f64,
+    pub images_per_second: f64,
+    pub seconds: f64,
+}
+
+/// What a checkpoint remembers besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    args: TrainArgs,
+    epochs_completed: usize,
+    optimizer_steps: i64,
+    best_epoch: usize,
+    best_validation_accuracy: f64,
+    history: Vec<EpochMetrics>,
+}
+
+/// One pass over `indices` in batches: training (augmented, batch statistics, optimizer steps)
+/// when `optimizer` is given, evaluation otherwise. Returns (mean loss, accuracy, images/s).
+struct Pass<'a> {
+    model: &'a ResNet50,
+    images: &'a CachedImages,
+    preprocessing: &'a Preprocessing,
+    device: &'a Device,
+    batch_size: usize,
+}
+
+impl Pass<'_> {
+    fn batch(
+        &self,
+        indices: &[usize],
+        augment: Option<(&Augmentation, u64, usize)>,
+    ) -> Result<Tensor> {
+        let side = self.preprocessing.crop as usize;
+        let mut data = Vec::with_capacity(indices.len() * 3 * side * side);
+        for &i in indices {
+            let mut chw = match augment {
+                Some((aug, seed, epoch)) => aug.apply(
+                    &self.images.pixels[i],
+                    side,
+                    &mut Augmentation::rng(seed, epoch, i),
+                ),
+                None => self.images.pixels[i].clone(),
+            };
+            self.preprocessing.normalize(&mut chw);
+            data.extend_from_slice(&chw);
+        }
+        Ok(Tensor::from_vec(
+            data,
+            (indices.len(), 3, side, side),
+            self.device,
+        )?)
+    }
+
+    fn labels(&self, indices: &[usize]) -> Result<Tensor> {
+        let labels: Vec<u32> = indices
+            .iter()
+            .map(|&i| self.images.samples[i].label as u32)
+            .collect();
+        Ok(Tensor::new(labels, self.device)?)
+    }
+
+    fn run(
+        &self,
+        indices: &[usize],
+        mut train: Option<(&mut Sgd, f64, &Augmentation, u64, usize)>,
+        progress: &ProgressBar,
+    ) -> Result<(f64, f64, f64)> {
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        for chunk in indices.chunks(self.batch_size) {
+            let augment = train
+                .as_ref()
+                .map(|(_, _, aug, seed, epoch)| (*aug, *seed, *epoch));
+            let x = self.batch(chunk, augment)?;
+            let y = self.labels(chunk)?;
+            let output = self.model.forward_t(&x, train.is_some())?;
+            let loss = candle_nn::loss::cross_entropy(&output.logits, &y)?;
+            if let Some((optimizer, lr, ..)) = train.as_mut() {
+                optimizer.step(&loss.backward()?, *lr)?;
+            }
+            let predicted = output.logits.argmax(1)?.to_vec1::<u32>()?;
+            let truth = y.to_vec1::<u32>()?;
+            correct += predicted.iter().zip(&truth).filter(|(p, t)| p == t).count();
+            loss_sum += f64::from(loss.to_scalar::<f32>()?) * chunk.len() as f64;
+            seen += chunk.len();
+            let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            progress.set_message(format!(
+                "loss {:.4}  acc {:.3}  {rate:.1} img/s",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64
+            ));
+            progress.inc(chunk.len() as u64);
+        }
+        let seen_f = seen.max(1) as f64;
+        let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        Ok((loss_sum / seen_f, correct as f64 / seen_f, rate))
+    }
+}
+
+fn progress_bar(len: usize, label: String) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label);
+    bar
+}
+
+fn trainable(vars: Vec<(String, Var)>, freeze: Option<FreezeUpTo>) -> Vec<(String, Var)> {
+    vars.into_iter()
+        .filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var"))
+        .filter(|(name, _)| !freeze.is_some_and(|f| f.freezes(name)))
+        .collect()
+}
+
+fn save_checkpoint(out: &Path, varmap: &VarMap, sgd: &Sgd, state: &TrainState) -> Result<()> {
+    let mut tensors = state_dict(varmap, DType::F32, state.optimizer_steps)?;
+    for (name, momentum) in sgd.state() {
+        tensors.insert(format!("{MOMENTUM_PREFIX}{name}"), momentum);
+    }
+    let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
+    let views: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    let bytes = safetensors::tensor::serialize(views, Some(metadata))?;
+    write_atomic(&out.join(CHECKPOINT_FILE), &bytes)?;
+    Ok(())
+}
+
+fn load_checkpoint(
+    out: &Path,
+    varmap: &VarMap,
+    sgd: &mut Sgd,
+    device: &Device,
+) -> Result<TrainState> {
+    let path = out.join(CHECKPOINT_FILE);
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("--resume: cannot read {}", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("--resume: {} is not a checkpoint", path.display()))?;
+    let state_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(STATE_KEY))
+        .with_context(|| format!("--resume: {} holds no training state", path.display()))?;
+    let state: TrainState = serde_json::from_str(state_json)?;
+    let checkpoint = Checkpoint::from_bytes(&bytes, device)?;
+    checkpoint.load_into(varmap, false)?;
+    sgd.load_state(|name| {
+        checkpoint
+            .tensors()
+            .get(&format!("{MOMENTUM_PREFIX}{name}"))
+            .cloned()
+    });
+    Ok(state)
+}
+
+fn write_metrics_csv(out: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let mut csv = String::from(
+        "epoch,lr,train_loss,train_accuracy,validation_loss,validation_accuracy,images_per_second,seconds\n",
+    );
+    for m in history {
+        csv += &format!(
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1}\n",
+            m.epoch,
+            m.lr,
+            m.train_loss,
+            m.train_accuracy,
+            m.validation_loss,
+            m.validation_accuracy,
+            m.images_per_second,
+            m.seconds
+        );
+    }
+    write_atomic(&out.join(METRICS_FILE), csv.as_bytes())?;
+    Ok(())
+}
+
+/// Writes `model.safetensors` (from the best checkpoint, in f32 or f16) and its card.
+fn export(
+    args: &TrainArgs,
+    images: &CachedImages,
+    state: &TrainState,
+    initialization: String,
+    device: &Device,
+) -> Result<ModelCard> {
+    let best = candle_core::safetensors::load(args.out.join(BEST_FILE), device)?;
+    let dtype = if args.f16 { DType::F16 } else { DType::F32 };
+    let mut tensors = HashMap::new();
+    for (name, tensor) in best {
+        let tensor = if tensor.dtype().is_float() {
+            tensor.to_dtype(dtype)?
+        } else {
+            tensor
+        };
+        tensors.insert(name, tensor);
+    }
+    let bytes = to_safetensors_bytes(&tensors)?;
+    write_atomic(&args.out.join(MODEL_FILE), &bytes)?;
+    let card = ModelCard {
+        name: "Pneumoscope chest X-ray classifier".into(),
+        architecture: ARCHITECTURE.into(),
+        classes: images.classes.clone(),
+        preprocessing: args.preprocessing(),
+        weights: WeightsInfo {
+            file: MODEL_FILE.into(),
+            sha256: sha256_hex(&bytes),
+            bytes: bytes.len() as u64,
+            dtype: if args.f16 { "f16" } else { "f32" }.into(),
+        },
+        training: Some(TrainingRecord {
+            trainer_version: env!("CARGO_PKG_VERSION").into(),
+            config: serde_json::to_value(args)?,
+            initialization,
+            data: images.record.clone(),
+            epochs_completed: state.epochs_completed,
+            best_epoch: state.best_epoch,
+            best_validation_accuracy: state.best_validation_accuracy,
+        }),
+        evaluations: Vec::new(),
+        intended_use: "Research and teaching: shows what a ResNet50 trained on a small public \
+                       chest X-ray set answers for a radiograph. A research tool, not a \
+                       diagnostic device; never use it for a clinical decision."
+            .into(),
+        limitations: default_limitations(),
+    };
+    write_atomic(&args.out.join(CARD_FILE), card.to_json().as_bytes())?;
+    Ok(card)
+}
+
+fn default_limitations() -> Vec<String> {
+    [
+        "Trained on a few hundred images of one public Kaggle set (Covid-19 Image Dataset): far \
+         too few to generalise; accuracy elsewhere is unknown until measured.",
+        "Covid images are adult radiographs from publications; Normal and Viral Pneumonia look \
+         pediatric (Kermany-style), so the classes differ by source and patient age as well as \
+         disease, and the model may have learned the source.",
+        "11 'Covid' training images are SARS (2003) figures, not COVID-19.",
+        "9 images of the public test split are duplicates of training images; the honest test \
+         number excludes them.",
+        "Images were resized to 640x640 by the uploader (aspect ratio squashed).",
+        "Three classes only: any other finding or any non-chest-X-ray input still gets one of \
+         them.",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+pub fn run(args: &TrainArgs) -> Result<ModelCard> {
+    if args.epochs == 0 || args.batch_size == 0 {
+        bail!("--epochs and --batch-size must be at least 1");
+    }
+    if !(0.0..1.0).contains(&args.val_fraction) {
+        bail!("--val-fraction must be in [0, 1)");
+    }
+    let device = select(args.device)?;
+    let preprocessing = args.preprocessing();
+    let folder = ImageFolder::scan(&args.data)?;
+    let mut images = load(&folder, &preprocessing)?;
+    let num_classes = images.classes.len();
+    let labels: Vec<usize> = images.samples.iter().map(|s| s.label).collect();
+    let (train_idx, val_idx) = stratified_split(&labels, num_classes, args.val_fraction, args.seed);
+    if train_idx.is_empty() || val_idx.is_empty() {
+        bail!("the split left no training or no validation image; add images or change --val-fraction");
+    }
+    images.record.train_per_class = class_counts(&labels, &train_idx, num_classes);
+    images.record.validation_per_class = class_counts(&labels, &val_idx, num_classes);
+    println!("device: {device:?}");
+    println!("{:<24} {:>6} {:>6} {:>6}", "class", "train", "val", "total");
+    for (c, class) in images.classes.iter().enumerate() {
+        let (t, v) = (
+            images.record.train_per_class[c],
+            images.record.validation_per_class[c],
+        );
+        println!("{class:<24} {t:>6} {v:>6} {:>6}", t + v);
+    }
+    println!(
+        "{:<24} {:>6} {:>6} {:>6}  (skipped {} unreadable files)",
+        "all",
+        train_idx.len(),
+        val_idx.len(),
+        labels.len(),
+        images.record.skipped.len()
+    );
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let varmap = VarMap::new();
+    let model = ResNet50::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        num_classes,
+    )?;
+    init::initialize(&varmap, args.seed)?;
+    let initialization = match &args.init {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading --init {}", path.display()))?;
+            let head = Checkpoint::from_bytes(&bytes, &device)?.load_into(&varmap, true)?;
+            format!(
+                "{} (sha256 {}), head {head:?}",
+                path.display(),
+                sha256_hex(&bytes)
+            )
+        }
+        None => format!("from scratch (torchvision init rules, seed {})", args.seed),
+    };
+    let sgd_config = SgdConfig {
+        momentum: args.momentum,
+        dampening: 0.0,
+        weight_decay: args.weight_decay,
+        nesterov: args.nesterov,
+    };
+    let mut sgd = Sgd::new(trainable(named_vars(&varmap)?, args.freeze), sgd_config);
+
+    let mut state = if args.resume {
+        let state = load_checkpoint(&args.out, &varmap, &mut sgd, &device)?;
+        if state.args.recipe_key() != args.recipe_key() {
+            bail!(
+                "--resume: the run in {} used other settings: {:?}",
+                args.out.display(),
+                state.args
+            );
+        }
+        println!("resuming after epoch {}", state.epochs_completed);
+        state
+    } else {
+        TrainState {
+            args: args.clone(),
+            epochs_completed: 0,
+            optimizer_steps: 0,
+            best_epoch: 0,
+            best_validation_accuracy: -1.0,
+            history: Vec::new(),
+        }
+    };
+    state.args = args.clone();
+
+    let pass = Pass {
+        model: &model,
+        images: &images,
+        preprocessing: &preprocessing,
+        device: &device,
+        batch_size: args.batch_size,
+    };
+    let augmentation = args.augmentation();
+    for epoch in state.epochs_completed..args.epochs {
+        let started = Instant::now();
+        let lr = step_lr(args.lr, args.lr_step, args.lr_gamma, epoch);
+        let mut order = train_idx.clone();
+        order.shuffle(&mut StdRng::seed_from_u64(
+            args.seed.wrapping_add(epoch as u64 + 1),
+        ));
+        let bar = progress_bar(order.len(), format!("epoch {}/{}", epoch + 1, args.epochs));
+        let (train_loss, train_accuracy, rate) = pass.run(
+            &order,
+            Some((&mut sgd, lr, &augmentation, args.seed, epoch)),
+            &bar,
+        )?;
+        bar.finish();
+        let bar = progress_bar(val_idx.len(), "validation".into());
+        let (validation_loss, validation_accuracy, _) = pass.run(&val_idx, None, &bar)?;
+        bar.finish_and_clear();
+        state.optimizer_steps += order.len().div_ceil(args.batch_size) as i64;
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            train_loss,
+            train_accuracy,
+            validation_loss,
+            validation_accuracy,
+            images_per_second: rate,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        println!(
+            "epoch {:>3}  lr {lr:.4}  train loss {train_loss:.4} acc {train_accuracy:.4}  val loss {validation_loss:.4} acc {validation_accuracy:.4}  {rate:.2} img/s",
+            epoch + 1
+        );
+        if validation_accuracy > state.best_validation_accuracy {
+            state.best_validation_accuracy = validation_accuracy;
+            state.best_epoch = epoch + 1;
+            pneumoscope::checkpoint::save(
+                &varmap,
+                &args.out.join(BEST_FILE),
+                DType::F32,
+                state.optimizer_steps,
+            )?;
+        }
+        state.history.push(metrics);
+        state.epochs_completed = epoch + 1;
+        save_checkpoint(&args.out, &varmap, &sgd, &state)?;
+        write_metrics_csv(&args.out, &state.history)?;
+        if let Err(e) = plots::curves(&args.out.join("curves.png"), &state.history) {
+            eprintln!("warning: could not draw curves.png: {e:#}");
+        }
+    }
+    let card = export(args, &images, &state, initialization, &device)?;
+    println!(
+        "best validation accuracy {:.4} at epoch {}; wrote {} and {}",
+        state.best_validation_accuracy,
+        state.best_epoch,
+        args.out.join(MODEL_FILE).display(),
+        args.out.join(CARD_FILE).display()
+    );
+    Ok(card)
+}
