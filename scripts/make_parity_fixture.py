@@ -29,6 +29,7 @@ DATA = ROOT.parent / "shared" / "data" / "covid19-kaggle" / "test"
 NUM_CLASSES = 3
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 BATCH = 4  # formula images per forward (train-mode batch statistics)
+GRADIENTS_CHECKED = ["conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.2.bn3.bias", "fc.weight", "fc.bias"]
 SUBSAMPLE = 4  # keep pixels [1::4, 1::4] of each 224x224 plane
 
 
@@ -115,10 +116,15 @@ def main():
         out["eval.logits"] = model.fc(features)
         out["eval.features"] = features
     model.train()
-    with torch.no_grad():
-        features = torch.flatten(model.avgpool(_backbone(model, x)), 1)
-        out["train.logits"] = model.fc(features)
-        out["train.features"] = features
+    features = torch.flatten(model.avgpool(_backbone(model, x)), 1)
+    logits = model.fc(features)
+    out["train.logits"] = logits.detach().clone()
+    out["train.features"] = features.detach().clone()
+    labels = torch.arange(BATCH) % NUM_CLASSES
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    params = dict(model.named_parameters())
+    for name in GRADIENTS_CHECKED:
+        out["train.grad." + name] = params[name].grad.clone()
     for name, value in model.state_dict().items():
         if name.endswith("running_mean") or name.endswith("running_var"):
             out["train.after." + name] = value.clone()

@@ -2,6 +2,7 @@
 //! model card. The trainer and the web app both build on it, so training and in-browser inference
 //! cannot disagree.
 
+pub mod batch_norm;
 pub mod cam;
 pub mod card;
 pub mod checkpoint;

@@ -239,3 +239,52 @@ pub fn class_counts(labels: &[usize], indices: &[usize], num_classes: usize) -> 
     }
     counts
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_stratified_and_reproducible() {
+        let labels: Vec<usize> = (0..100)
+            .map(|i| usize::from(i >= 60) + usize::from(i >= 90))
+            .collect();
+        let (train, val) = stratified_split(&labels, 3, 0.15, 7);
+        assert_eq!(class_counts(&labels, &val, 3), vec![9, 5, 2]); // round(0.15 * [60, 30, 10])
+        assert_eq!(class_counts(&labels, &train, 3), vec![51, 25, 8]);
+        let mut all: Vec<usize> = train.iter().chain(&val).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>(), "a partition");
+        assert_eq!(
+            stratified_split(&labels, 3, 0.15, 7),
+            (train.clone(), val.clone())
+        );
+        assert_ne!(stratified_split(&labels, 3, 0.15, 8).1, val);
+    }
+
+    #[test]
+    fn exclude_removes_listed_files_and_refuses_unknown_names() {
+        let mut folder = ImageFolder {
+            root: PathBuf::from("/data"),
+            classes: vec!["a".into(), "b".into()],
+            samples: ["a/1.png", "a/2.png", "b/3.png"]
+                .iter()
+                .map(|r| Sample {
+                    path: PathBuf::from(r),
+                    relative: r.to_string(),
+                    label: usize::from(r.starts_with('b')),
+                })
+                .collect(),
+        };
+        let removed = folder
+            .exclude("# leaks\na/2.png\n\nb/3.png  # dup\n")
+            .unwrap();
+        assert_eq!(removed, vec!["a/2.png", "b/3.png"]);
+        assert_eq!(folder.samples.len(), 1);
+        assert!(folder
+            .exclude("a/9.png")
+            .unwrap_err()
+            .to_string()
+            .contains("a/9.png"));
+    }
+}

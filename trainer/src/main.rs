@@ -36,6 +36,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    trainer::keep_freed_memory();
     match Cli::parse().command {
         Command::Train(args) => {
             training::run(&args)?;

@@ -33,6 +33,10 @@ impl Sgd {
         }
     }
 
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         let c = self.config;
         for ((_, param), velocity) in self.params.iter().zip(self.velocity.iter_mut()) {

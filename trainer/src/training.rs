@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
@@ -111,6 +112,11 @@ pub struct TrainArgs {
     /// Side of the centre crop fed to the network.
     #[arg(long, default_value_t = 224)]
     pub crop: u32,
+    /// Split each batch into chunks of this many images and accumulate their gradients, to fit
+    /// memory. Batch-norm statistics are then taken per chunk ("ghost" batch norm), so the default
+    /// (0: the whole batch) is the paper's recipe.
+    #[arg(long, default_value_t = 0)]
+    pub micro_batch: usize,
     /// Export the model in f16 (half the download).
     #[arg(long)]
     pub f16: bool,
@@ -181,6 +187,7 @@ struct Pass<'a> {
     preprocessing: &'a Preprocessing,
     device: &'a Device,
     batch_size: usize,
+    micro_batch: usize,
 }
 
 impl Pass<'_> {
@@ -227,20 +234,41 @@ impl Pass<'_> {
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         for chunk in indices.chunks(self.batch_size) {
+            // Batch statistics of a single image are undefined (PyTorch refuses them): a last
+            // training batch of one is left out of this epoch.
+            if train.is_some() && chunk.len() < 2 {
+                continue;
+            }
             let augment = train
                 .as_ref()
                 .map(|(_, _, aug, seed, epoch)| (*aug, *seed, *epoch));
-            let x = self.batch(chunk, augment)?;
-            let y = self.labels(chunk)?;
-            let output = self.model.forward_t(&x, train.is_some())?;
-            let loss = candle_nn::loss::cross_entropy(&output.logits, &y)?;
-            if let Some((optimizer, lr, ..)) = train.as_mut() {
-                optimizer.step(&loss.backward()?, *lr)?;
+            let mut batch_grads: Option<GradStore> = None;
+            for micro in chunk.chunks(self.micro_batch.max(1)) {
+                let x = self.batch(micro, augment)?;
+                let y = self.labels(micro)?;
+                let output = self.model.forward_t(&x, train.is_some())?;
+                let loss = candle_nn::loss::cross_entropy(&output.logits, &y)?;
+                let loss_value = f64::from(loss.to_scalar::<f32>()?);
+                if !loss_value.is_finite() {
+                    bail!("the loss became {loss_value}: training diverged; try a lower --lr");
+                }
+                if let Some((optimizer, ..)) = train.as_ref() {
+                    // The batch loss is the size-weighted mean of the chunks' mean losses.
+                    let weight = micro.len() as f64 / chunk.len() as f64;
+                    let grads = (loss * weight)?.backward()?;
+                    batch_grads = Some(match batch_grads {
+                        None => grads,
+                        Some(sum) => accumulate(sum, grads, optimizer.params())?,
+                    });
+                }
+                let predicted = output.logits.argmax(1)?.to_vec1::<u32>()?;
+                let truth = y.to_vec1::<u32>()?;
+                correct += predicted.iter().zip(&truth).filter(|(p, t)| p == t).count();
+                loss_sum += loss_value * micro.len() as f64;
             }
-            let predicted = output.logits.argmax(1)?.to_vec1::<u32>()?;
-            let truth = y.to_vec1::<u32>()?;
-            correct += predicted.iter().zip(&truth).filter(|(p, t)| p == t).count();
-            loss_sum += f64::from(loss.to_scalar::<f32>()?) * chunk.len() as f64;
+            if let (Some((optimizer, lr, ..)), Some(grads)) = (train.as_mut(), batch_grads) {
+                optimizer.step(&grads, *lr)?;
+            }
             seen += chunk.len();
             let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
             progress.set_message(format!(
@@ -254,6 +282,20 @@ impl Pass<'_> {
         let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
         Ok((loss_sum / seen_f, correct as f64 / seen_f, rate))
     }
+}
+
+/// Adds `more`'s gradients of `params` into `sum`.
+fn accumulate(mut sum: GradStore, more: GradStore, params: &[(String, Var)]) -> Result<GradStore> {
+    for (_, var) in params {
+        if let Some(extra) = more.get(var) {
+            let total = match sum.get(var) {
+                Some(g) => (g + extra)?,
+                None => extra.clone(),
+            };
+            sum.insert(var, total);
+        }
+    }
+    Ok(sum)
 }
 
 fn progress_bar(len: usize, label: String) -> ProgressBar {
@@ -501,6 +543,11 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         preprocessing: &preprocessing,
         device: &device,
         batch_size: args.batch_size,
+        micro_batch: if args.micro_batch == 0 {
+            args.batch_size
+        } else {
+            args.micro_batch
+        },
     };
     let augmentation = args.augmentation();
     for epoch in state.epochs_completed..args.epochs {

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI): installs what a fresh machine lacks, then runs the
+# format check, clippy with warnings denied, every test, and the wasm32 build of the shared crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v fc-list >/dev/null || need_apt+=(fontconfig)
+dpkg -s libfontconfig1-dev >/dev/null 2>&1 || need_apt+=(libfontconfig1-dev)
+dpkg -s libfreetype-dev >/dev/null 2>&1 || need_apt+=(libfreetype-dev)
+ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 || need_apt+=(fonts-dejavu-core)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+
+echo "== rustfmt"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== wasm32 build of the shared crate"
+cargo build -p pneumoscope --target wasm32-unknown-unknown
+echo "== tests"
+cargo test --workspace

@@ -1,0 +1,229 @@
+//! End-to-end training on a tiny synthetic ImageFolder made here, at low resolution.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use image::{ImageBuffer, Luma, Rgb};
+use trainer::device::DeviceChoice;
+use trainer::training::{self, TrainArgs, CARD_FILE, CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE};
+
+/// Two classes a network can tell apart at a glance: a bright disc on dark, or a dark one on
+/// bright, with per-image jitter; PNG and JPEG, gray and RGB.
+fn synthetic_folder(root: &Path, per_class: usize) {
+    for (class, bright_disc) in [("disc", true), ("ring", false)] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let (w, h) = (40 + i as u32 % 5, 40);
+            let jitter = (i * 7 % 11) as f32;
+            let image = ImageBuffer::from_fn(w, h, |x, y| {
+                let d =
+                    ((x as f32 - 20.0 - jitter / 3.0).powi(2) + (y as f32 - 20.0).powi(2)).sqrt();
+                let inside = d < 10.0 + jitter / 2.0;
+                let v = if inside == bright_disc { 220 } else { 30 } as u8;
+                Luma([v.saturating_add((x * y % 9) as u8)])
+            });
+            if i % 2 == 0 {
+                image.save(dir.join(format!("{i:03}.png"))).unwrap();
+            } else {
+                let rgb = ImageBuffer::from_fn(w, h, |x, y| {
+                    let v = image.get_pixel(x, y).0[0];
+                    Rgb([v, v, v])
+                });
+                rgb.save(dir.join(format!("{i:03}.jpg"))).unwrap();
+            }
+        }
+    }
+}
+
+fn args(data: &Path, out: &Path, epochs: usize) -> TrainArgs {
+    TrainArgs {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        epochs,
+        batch_size: 6,
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        nesterov: false,
+        lr_step: 10,
+        lr_gamma: 0.1,
+        val_fraction: 0.25,
+        seed: 3,
+        init: None,
+        freeze: None,
+        rotation: 5.0,
+        translate: 0.05,
+        scale: 0.05,
+        resize: 36,
+        crop: 32,
+        micro_batch: 0,
+        f16: false,
+        resume: false,
+        device: DeviceChoice::Cpu,
+    }
+}
+
+fn metrics(out: &Path) -> Vec<Vec<f64>> {
+    std::fs::read_to_string(out.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect()
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn tiny_run_lowers_the_loss_and_exports_a_loadable_model() {
+    let dir = tempdir();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    synthetic_folder(&data, 12);
+    let card = training::run(&args(&data, &out, 3)).unwrap();
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 3);
+    let (first, last) = (rows[0][2], rows[2][2]);
+    assert!(last < first, "train loss went from {first} to {last}");
+    assert!(out.join("curves.png").exists());
+
+    assert_eq!(card.classes, vec!["disc", "ring"]);
+    let training = card.training.as_ref().unwrap();
+    assert_eq!(training.data.files, 24);
+    assert_eq!(training.data.train_per_class, vec![9, 9]);
+    assert_eq!(training.data.validation_per_class, vec![3, 3]);
+    assert!(training.initialization.contains("from scratch"));
+    assert_eq!(training.config["seed"], 3);
+
+    let weights = std::fs::read(out.join(MODEL_FILE)).unwrap();
+    card.verify_weights(&weights).unwrap();
+    let classifier = trainer::predict::load_classifier(
+        &out.join(MODEL_FILE),
+        Some(&out.join(CARD_FILE)),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let sample = std::fs::read(data.join("disc/000.png")).unwrap();
+    let prediction = classifier.classify_bytes(&sample).unwrap();
+    let total: f32 = prediction.probabilities.iter().sum();
+    assert!((total - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn resume_gives_the_same_result_as_an_uninterrupted_run() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    synthetic_folder(&data, 8);
+    let whole = dir.path().join("whole");
+    training::run(&args(&data, &whole, 2)).unwrap();
+
+    let parts = dir.path().join("parts");
+    training::run(&args(&data, &parts, 1)).unwrap();
+    let resumed = TrainArgs {
+        resume: true,
+        ..args(&data, &parts, 2)
+    };
+    training::run(&resumed).unwrap();
+
+    // Everything but the timing columns (images/s, seconds) must be identical.
+    let without_timing = |rows: Vec<Vec<f64>>| {
+        rows.into_iter()
+            .map(|r| r[..6].to_vec())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        without_timing(metrics(&whole)),
+        without_timing(metrics(&parts))
+    );
+    let a = candle_core::safetensors::load(whole.join(CHECKPOINT_FILE), &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(parts.join(CHECKPOINT_FILE), &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let tb = &b[name];
+        let diff = (ta.to_dtype(candle_core::DType::F64).unwrap()
+            - tb.to_dtype(candle_core::DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+        assert_eq!(diff, 0.0, "{name} differs after resume");
+    }
+}
+
+#[test]
+fn resume_refuses_other_settings() {
+    let dir = tempdir();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    synthetic_folder(&data, 4);
+    training::run(&args(&data, &out, 1)).unwrap();
+    let other = TrainArgs {
+        resume: true,
+        lr: 0.5,
+        ..args(&data, &out, 2)
+    };
+    let err = training::run(&other).unwrap_err().to_string();
+    assert!(err.contains("other settings"), "{err}");
+}
+
+#[test]
+fn corrupt_files_are_skipped_named_and_counted() {
+    let dir = tempdir();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    synthetic_folder(&data, 6);
+    std::fs::write(data.join("disc/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(data.join("ring/notes.txt"), b"radiologist notes").unwrap();
+    std::fs::write(data.join("ring/empty.jpg"), b"").unwrap();
+    let card = training::run(&args(&data, &out, 1)).unwrap();
+    let data_record = card.training.unwrap().data;
+    assert_eq!(data_record.files, 12);
+    let skipped: Vec<&str> = data_record
+        .skipped
+        .iter()
+        .map(|(f, _)| f.as_str())
+        .collect();
+    assert_eq!(
+        skipped,
+        vec!["disc/broken.png", "ring/empty.jpg", "ring/notes.txt"]
+    );
+}
+
+fn expect_error_before_training(data: PathBuf, out: PathBuf, needle: &str) {
+    let err = training::run(&args(&data, &out, 1)).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains(needle), "{text}");
+    assert!(!out.join(CHECKPOINT_FILE).exists(), "no training may start");
+}
+
+#[test]
+fn unusable_data_folders_fail_before_training() {
+    let dir = tempdir();
+    let root = dir.path();
+    expect_error_before_training(
+        root.join("missing"),
+        root.join("o1"),
+        "cannot read data folder",
+    );
+
+    let single = root.join("single");
+    synthetic_folder(&single, 4);
+    std::fs::remove_dir_all(single.join("ring")).unwrap();
+    expect_error_before_training(single, root.join("o2"), "at least two classes");
+
+    let empty_class = root.join("empty_class");
+    synthetic_folder(&empty_class, 4);
+    std::fs::create_dir(empty_class.join("zzz")).unwrap();
+    expect_error_before_training(empty_class, root.join("o3"), "is empty");
+
+    let unreadable_class = root.join("unreadable_class");
+    synthetic_folder(&unreadable_class, 4);
+    std::fs::create_dir(unreadable_class.join("junk")).unwrap();
+    std::fs::write(unreadable_class.join("junk/a.png"), b"garbage").unwrap();
+    expect_error_before_training(unreadable_class, root.join("o4"), "no readable image");
+}
