@@ -47,8 +47,10 @@ impl Classifier {
                 Preprocessing::default(),
             ),
         };
+        let mut model = checkpoint.into_model(device)?;
+        model.fold_batch_norms()?;
         Ok(Self {
-            model: checkpoint.into_model(device)?,
+            model,
             preprocessing,
             classes,
             device: device.clone(),

@@ -124,10 +124,42 @@ fn conv2d_by_matmul(x: &Tensor, conv: &Conv2d) -> Result<Tensor> {
 struct ConvBn {
     conv: Conv2d,
     bn: BatchNorm,
+    /// The convolution with the eval-mode batch norm folded into its weight and bias, once
+    /// `fold_batch_norm` has run: inference then skips four full-size passes per layer.
+    folded: Option<Conv2d>,
 }
 
 impl ConvBn {
+    fn new(conv: Conv2d, bn: BatchNorm) -> Self {
+        Self {
+            conv,
+            bn,
+            folded: None,
+        }
+    }
+
+    /// w' = w * g / sqrt(var + eps), b' = beta - mean * g / sqrt(var + eps), per output channel.
+    fn fold_batch_norm(&mut self) -> Result<()> {
+        let Some((gamma, beta)) = self.bn.weight_and_bias() else {
+            candle_core::bail!("batch norm without affine parameters cannot be folded")
+        };
+        let scale = (gamma / (self.bn.running_var() + self.bn.eps())?.sqrt()?)?;
+        let weight = self
+            .conv
+            .weight()
+            .broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+        let bias = (beta - (self.bn.running_mean() * &scale)?)?;
+        self.folded = Some(Conv2d::new(weight, Some(bias), *self.conv.config()));
+        Ok(())
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let Some(folded) = &self.folded {
+            if train {
+                candle_core::bail!("a model with folded batch norms is for inference only");
+            }
+            return folded.forward(x);
+        }
         let y = if train {
             conv2d_by_matmul(x, &self.conv)?
         } else {
@@ -153,10 +185,10 @@ impl Bottleneck {
     fn new(vb: VarBuilder, c_in: usize, width: usize, stride: usize) -> Result<Self> {
         let c_out = width * EXPANSION;
         let unit = |conv_name: &str, bn_name: &str, cin, cout, k, s, p| -> Result<ConvBn> {
-            Ok(ConvBn {
-                conv: conv2d(vb.pp(conv_name), cin, cout, k, s, p)?,
-                bn: batch_norm(vb.pp(bn_name), cout)?,
-            })
+            Ok(ConvBn::new(
+                conv2d(vb.pp(conv_name), cin, cout, k, s, p)?,
+                batch_norm(vb.pp(bn_name), cout)?,
+            ))
         };
         let downsample = if stride != 1 || c_in != c_out {
             Some(unit(
@@ -237,10 +269,10 @@ impl ResNet50 {
     /// Builds the network from `vb`, reading (or, on a `VarMap`, creating) every tensor under
     /// torchvision's name.
     pub fn new(vb: VarBuilder, num_classes: usize) -> Result<Self> {
-        let stem = ConvBn {
-            conv: conv2d(vb.pp("conv1"), 3, 64, 7, 2, 3)?,
-            bn: batch_norm(vb.pp("bn1"), 64)?,
-        };
+        let stem = ConvBn::new(
+            conv2d(vb.pp("conv1"), 3, 64, 7, 2, 3)?,
+            batch_norm(vb.pp("bn1"), 64)?,
+        );
         let mut c_in = 64;
         let mut stages = Vec::with_capacity(BLOCKS_PER_STAGE.len());
         for (stage, &blocks) in BLOCKS_PER_STAGE.iter().enumerate() {
@@ -265,6 +297,21 @@ impl ResNet50 {
             fc,
             num_classes,
         })
+    }
+
+    /// Folds every batch norm's running statistics into its convolution, for inference: the same
+    /// eval-mode outputs (to float rounding) in fewer passes. The model can no longer train.
+    pub fn fold_batch_norms(&mut self) -> Result<()> {
+        self.stem.fold_batch_norm()?;
+        for block in self.stages.iter_mut().flatten() {
+            for unit in [&mut block.reduce, &mut block.spatial, &mut block.expand] {
+                unit.fold_batch_norm()?;
+            }
+            if let Some(downsample) = &mut block.downsample {
+                downsample.fold_batch_norm()?;
+            }
+        }
+        Ok(())
     }
 
     pub fn num_classes(&self) -> usize {

@@ -47,6 +47,26 @@ fn eval_mode_matches_torchvision() {
 }
 
 #[test]
+fn folded_batch_norms_give_the_same_eval_outputs() {
+    let reference = reference();
+    let mut model = Checkpoint::from_tensors(formula_weights(NUM_CLASSES))
+        .into_model(&Device::Cpu)
+        .unwrap();
+    model.fold_batch_norms().unwrap();
+    let out = model.forward_t(&formula_input(BATCH), false).unwrap();
+    assert_close("folded eval logits", &out.logits, &reference["eval.logits"]);
+    assert_close(
+        "folded eval features",
+        &out.features,
+        &reference["eval.features"],
+    );
+    assert!(
+        model.forward_t(&formula_input(1), true).is_err(),
+        "folded models do not train"
+    );
+}
+
+#[test]
 fn train_mode_matches_torchvision_including_running_statistics() {
     let reference = reference();
     let (varmap, model) = varmap_model(NUM_CLASSES);

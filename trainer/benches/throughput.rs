@@ -46,24 +46,30 @@ fn main() {
     println!("random-weight ResNet50, 224x224, f32, CPU, {threads} threads available");
     println!("| what | batch | ms per batch | ms per image | images/s |");
     println!("|---|---|---|---|---|");
-    let (varmap, model) = model();
     let inference_batches: &[usize] = if std::env::var_os("BENCH_TRAIN_ONLY").is_some() {
         &[]
     } else {
         &[1, 8]
     };
-    for &batch in inference_batches {
-        let x = input(batch);
-        let runs = if batch == 1 { 9 } else { 3 };
-        let s = median_seconds(runs, || {
-            model
-                .forward_t(&x, false)
-                .unwrap()
-                .logits
-                .to_vec2::<f32>()
-                .unwrap();
-        });
-        row("inference (eval forward)", batch, s);
+    let (varmap, model) = model();
+    let mut folded = model.clone();
+    folded.fold_batch_norms().unwrap();
+    for (what, net) in [
+        ("inference (eval forward)", &model),
+        ("inference, batch norms folded (Classifier)", &folded),
+    ] {
+        for &batch in inference_batches {
+            let x = input(batch);
+            let runs = if batch == 1 { 9 } else { 3 };
+            let s = median_seconds(runs, || {
+                net.forward_t(&x, false)
+                    .unwrap()
+                    .logits
+                    .to_vec2::<f32>()
+                    .unwrap();
+            });
+            row(what, batch, s);
+        }
     }
     let params = named_vars(&varmap)
         .unwrap()

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use pneumoscope::metrics::ClassificationReport;
 
 use crate::training::EpochMetrics;
@@ -13,7 +14,8 @@ fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")
 }
 
-/// Loss and accuracy per epoch, train and validation, side by side.
+/// Loss (as log10: an untrained network's validation loss can be 1e10 times its final one) and
+/// accuracy per epoch, train and validation, side by side.
 pub fn curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
     let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
@@ -22,10 +24,10 @@ pub fn curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
     type Series = (&'static str, fn(&EpochMetrics) -> f64, RGBColor);
     let panels: [(&str, [Series; 2]); 2] = [
         (
-            "Loss",
+            "Loss (log10)",
             [
-                ("train", |m| m.train_loss, BLUE),
-                ("validation", |m| m.validation_loss, RED),
+                ("train", |m| m.train_loss.max(1e-6).log10(), BLUE),
+                ("validation", |m| m.validation_loss.max(1e-6).log10(), RED),
             ],
         ),
         (
@@ -37,25 +39,28 @@ pub fn curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         ),
     ];
     for (area, (title, series)) in [left, right].iter().zip(panels) {
-        let top = history
+        let values: Vec<f64> = history
             .iter()
             .flat_map(|m| series.iter().map(move |s| (s.1)(m)))
-            .fold(0f64, f64::max);
-        let y_max = if title == "Accuracy" {
-            1.0
+            .collect();
+        let (y_min, y_max) = if title == "Accuracy" {
+            (0.0, 1.0)
         } else {
-            (top * 1.1).max(1e-3)
+            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            ((lo - 0.2).floor(), (hi + 0.2).ceil().max(lo.floor() + 1.0))
         };
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d(1f64..epochs, 0f64..y_max)
+            .build_cartesian_2d(1f64..epochs, y_min..y_max)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
             .x_desc("epoch")
+            .y_label_formatter(&|v| format!("{v:.1}"))
             .draw()
             .map_err(plot_error)?;
         for (name, value, color) in series {
@@ -100,9 +105,21 @@ pub fn confusion(path: &Path, report: &ClassificationReport) -> Result<()> {
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(140)
-        .build_cartesian_2d(0..n, 0..n)
+        .build_cartesian_2d(
+            (0..n.saturating_sub(1)).into_segmented(),
+            (0..n.saturating_sub(1)).into_segmented(),
+        )
         .map_err(plot_error)?;
-    let label_of = |i: &usize| labels.get(*i).cloned().unwrap_or_default();
+    // Rows are drawn bottom-up, so true class `t` sits at y = n - 1 - t.
+    let label_at = |value: &SegmentValue<usize>, flip: bool| match value {
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+            let index = if flip { n.checked_sub(i + 1) } else { Some(*i) };
+            index
+                .and_then(|j| labels.get(j).cloned())
+                .unwrap_or_default()
+        }
+        SegmentValue::Last => String::new(),
+    };
     chart
         .configure_mesh()
         .disable_mesh()
@@ -110,8 +127,8 @@ pub fn confusion(path: &Path, report: &ClassificationReport) -> Result<()> {
         .y_desc("true")
         .x_labels(n)
         .y_labels(n)
-        .x_label_formatter(&label_of)
-        .y_label_formatter(&|i| label_of(&(n - 1 - i)))
+        .x_label_formatter(&|v| label_at(v, false))
+        .y_label_formatter(&|v| label_at(v, true))
         .draw()
         .map_err(plot_error)?;
     for (truth, row) in report.confusion.iter().enumerate() {
@@ -125,7 +142,13 @@ pub fn confusion(path: &Path, report: &ClassificationReport) -> Result<()> {
             );
             chart
                 .draw_series([Rectangle::new(
-                    [(predicted, y), (predicted + 1, y + 1)],
+                    [
+                        (SegmentValue::Exact(predicted), SegmentValue::Exact(y)),
+                        (
+                            SegmentValue::Exact(predicted + 1),
+                            SegmentValue::Exact(y + 1),
+                        ),
+                    ],
                     fill.filled(),
                 )])
                 .map_err(plot_error)?;
@@ -133,12 +156,52 @@ pub fn confusion(path: &Path, report: &ClassificationReport) -> Result<()> {
             chart
                 .draw_series([Text::new(
                     count.to_string(),
-                    (predicted, y + 1),
-                    ("sans-serif", 28).into_font().color(&text_color),
+                    (SegmentValue::CenterOf(predicted), SegmentValue::CenterOf(y)),
+                    ("sans-serif", 28)
+                        .into_font()
+                        .color(&text_color)
+                        .pos(Pos::new(HPos::Center, VPos::Center)),
                 )])
                 .map_err(plot_error)?;
         }
     }
     root.present().map_err(plot_error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pneumoscope::metrics::ClassificationReport;
+
+    fn decoded_size(path: &Path) -> (u32, u32) {
+        let image = image::open(path).unwrap();
+        (image.width(), image.height())
+    }
+
+    #[test]
+    fn curves_and_confusion_are_drawn() {
+        let dir = std::env::temp_dir().join(format!("pneumoscope-plots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let history: Vec<EpochMetrics> = (1..=4)
+            .map(|epoch| EpochMetrics {
+                epoch,
+                lr: 0.1,
+                train_loss: 2.0 / epoch as f64,
+                train_accuracy: 0.2 * epoch as f64,
+                validation_loss: 1e9 / 10f64.powi(epoch as i32 * 2),
+                validation_accuracy: 0.15 * epoch as f64,
+                images_per_second: 1.0,
+                seconds: 1.0,
+            })
+            .collect();
+        curves(&dir.join("curves.png"), &history).unwrap();
+        assert_eq!(decoded_size(&dir.join("curves.png")), (1200, 480));
+        let report = ClassificationReport::from_confusion(
+            vec![vec![5, 1, 0], vec![2, 3, 1], vec![0, 0, 4]],
+            vec!["Covid".into(), "Normal".into(), "Viral Pneumonia".into()],
+        );
+        confusion(&dir.join("confusion.png"), &report).unwrap();
+        assert_eq!(decoded_size(&dir.join("confusion.png")), (640, 600));
+    }
 }

@@ -356,6 +356,12 @@ fn load_checkpoint(
     Ok(state)
 }
 
+fn draw_curves(out: &Path, history: &[EpochMetrics]) {
+    if let Err(e) = plots::curves(&out.join("curves.png"), history) {
+        eprintln!("warning: could not draw curves.png: {e:#}");
+    }
+}
+
 fn write_metrics_csv(out: &Path, history: &[EpochMetrics]) -> Result<()> {
     let mut csv = String::from(
         "epoch,lr,train_loss,train_accuracy,validation_loss,validation_accuracy,images_per_second,seconds\n",
@@ -596,10 +602,10 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         state.epochs_completed = epoch + 1;
         save_checkpoint(&args.out, &varmap, &sgd, &state)?;
         write_metrics_csv(&args.out, &state.history)?;
-        if let Err(e) = plots::curves(&args.out.join("curves.png"), &state.history) {
-            eprintln!("warning: could not draw curves.png: {e:#}");
-        }
+        draw_curves(&args.out, &state.history);
     }
+    // Also after a resume that had no epoch left to run: the export path redraws the figure.
+    draw_curves(&args.out, &state.history);
     let card = export(args, &images, &state, initialization, &device)?;
     println!(
         "best validation accuracy {:.4} at epoch {}; wrote {} and {}",
