@@ -4,8 +4,10 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::calibration::CalibrationReport;
 use crate::error::{Error, Result};
 use crate::metrics::ClassificationReport;
+use crate::ood::GateRecord;
 use crate::preprocess::Preprocessing;
 
 pub const ARCHITECTURE: &str = "resnet50 (torchvision v1.5 layout and parameter names)";
@@ -64,6 +66,12 @@ pub struct Evaluation {
     pub data: String,
     pub excluded: Vec<String>,
     pub report: ClassificationReport,
+    /// Expected calibration error and Brier score before and after temperature scaling.
+    #[serde(default)]
+    pub calibration: Option<CalibrationReport>,
+    /// Share of this set's images that the out-of-distribution gate flagged.
+    #[serde(default)]
+    pub gate_flagged_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +82,12 @@ pub struct ModelCard {
     pub preprocessing: Preprocessing,
     pub weights: WeightsInfo,
     pub training: Option<TrainingRecord>,
+    /// Divide logits by this before the softmax (temperature scaling); absent means 1.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// The out-of-distribution gate, whose statistics are `ood.*` tensors in the weights file.
+    #[serde(default)]
+    pub ood_gate: Option<GateRecord>,
     #[serde(default)]
     pub evaluations: Vec<Evaluation>,
     pub intended_use: String,

@@ -1,7 +1,10 @@
 //! Inference: weights + card in, class probabilities and heat maps out. The trainer's `predict`
 //! and the web page both go through here.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
+
+use crate::calibration::softmax_with_temperature;
+use crate::ood::MahalanobisGate;
 
 use crate::cam::ClassActivationMaps;
 use crate::card::ModelCard;
@@ -18,12 +21,18 @@ pub struct Prediction {
     /// The 2048-d pooled features (for the out-of-distribution gate).
     pub features: Vec<f32>,
     pub cams: ClassActivationMaps,
+    /// The gate's squared Mahalanobis distance, when the model has a gate.
+    pub ood_score: Option<f32>,
+    /// Whether the gate accepts the image as the kind the model was trained on.
+    pub in_distribution: Option<bool>,
 }
 
 pub struct Classifier {
     model: ResNet50,
     preprocessing: Preprocessing,
     classes: Vec<String>,
+    temperature: f32,
+    gate: Option<MahalanobisGate>,
     device: Device,
 }
 
@@ -32,6 +41,24 @@ impl Classifier {
     /// used.
     pub fn new(checkpoint: Checkpoint, card: Option<&ModelCard>, device: &Device) -> Result<Self> {
         let num_classes = checkpoint.num_classes()?;
+        let gate = match card.and_then(|c| c.ood_gate.as_ref()) {
+            Some(record) => Some(
+                MahalanobisGate::from_tensors(checkpoint.tensors(), record.threshold)?.ok_or_else(
+                    || {
+                        Error::Card(
+                            "the card has a gate but the weights hold no ood.* tensors".into(),
+                        )
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        let temperature = card.and_then(|c| c.temperature).unwrap_or(1.0);
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::Card(format!(
+                "temperature {temperature} is not positive"
+            )));
+        }
         let (classes, preprocessing) = match card {
             Some(card) => {
                 if card.classes.len() != num_classes {
@@ -53,12 +80,22 @@ impl Classifier {
             model,
             preprocessing,
             classes,
+            temperature,
+            gate,
             device: device.clone(),
         })
     }
 
     pub fn classes(&self) -> &[String] {
         &self.classes
+    }
+
+    pub fn temperature(&self) -> f32 {
+        self.temperature
+    }
+
+    pub fn has_gate(&self) -> bool {
+        self.gate.is_some()
     }
 
     pub fn preprocessing(&self) -> &Preprocessing {
@@ -75,21 +112,29 @@ impl Classifier {
     /// Classifies a normalised batch (N, 3, H, W).
     pub fn classify_batch(&self, batch: &Tensor) -> Result<Vec<Prediction>> {
         let output = self.model.forward_t(batch, false)?;
-        let probabilities = candle_nn::ops::softmax(&output.logits, D::Minus1)?;
         let n = batch.dim(0)?;
         (0..n)
             .map(|i| {
-                let probabilities = probabilities.get(i)?.to_vec1::<f32>()?;
-                let top = argmax(&probabilities);
+                let logits: Vec<f32> = output.logits.get(i)?.to_vec1()?;
+                let probabilities = softmax_with_temperature(&logits, self.temperature);
+                let features: Vec<f32> = output.features.get(i)?.to_vec1()?;
+                let ood_score = self.gate.as_ref().map(|g| g.score(&features));
+                let in_distribution = self
+                    .gate
+                    .as_ref()
+                    .zip(ood_score)
+                    .map(|(g, s)| s <= g.threshold);
                 Ok(Prediction {
-                    logits: output.logits.get(i)?.to_vec1()?,
-                    top,
-                    features: output.features.get(i)?.to_vec1()?,
+                    top: argmax(&probabilities),
+                    logits,
+                    features,
                     cams: ClassActivationMaps::compute(
                         &output.feature_map.get(i)?,
                         self.model.head_weight(),
                     )?,
                     probabilities,
+                    ood_score,
+                    in_distribution,
                 })
             })
             .collect()

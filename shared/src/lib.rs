@@ -3,6 +3,7 @@
 //! cannot disagree.
 
 pub mod batch_norm;
+pub mod calibration;
 pub mod cam;
 pub mod card;
 pub mod checkpoint;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod init;
 pub mod metrics;
 pub mod model;
+pub mod ood;
 pub mod preprocess;
 
 pub use card::ModelCard;

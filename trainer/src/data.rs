@@ -205,6 +205,26 @@ pub fn load(folder: &ImageFolder, preprocessing: &Preprocessing) -> Result<Cache
     })
 }
 
+/// Normalises cached (3, side, side) images and stacks them into a (N, 3, side, side) batch.
+pub fn normalized_batch(
+    images: Vec<Vec<f32>>,
+    side: usize,
+    preprocessing: &Preprocessing,
+    device: &candle_core::Device,
+) -> Result<candle_core::Tensor> {
+    let n = images.len();
+    let mut data = Vec::with_capacity(n * 3 * side * side);
+    for mut chw in images {
+        preprocessing.normalize(&mut chw);
+        data.extend_from_slice(&chw);
+    }
+    Ok(candle_core::Tensor::from_vec(
+        data,
+        (n, 3, side, side),
+        device,
+    )?)
+}
+
 /// A stratified split: within each class, shuffle with `seed` and hold out
 /// `round(fraction * n)` images (at least one when the class has two or more) for validation.
 /// Returns (train, validation) sample indices, each sorted.

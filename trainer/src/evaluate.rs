@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Args;
+use pneumoscope::calibration::CalibrationReport;
 use pneumoscope::card::{Evaluation, ModelCard};
 use pneumoscope::checkpoint::write_atomic;
 use pneumoscope::metrics::{confusion_matrix, ClassificationReport};
@@ -39,19 +40,31 @@ pub struct EvaluateArgs {
     pub record: Option<String>,
 }
 
+/// What classifying a labelled folder gave.
+pub struct FolderEvaluation {
+    pub report: ClassificationReport,
+    /// (file, error) for files that could not be classified; they are left out of the report.
+    pub failed: Vec<(String, String)>,
+    pub calibration: Option<CalibrationReport>,
+    pub gate_flagged_rate: Option<f64>,
+}
+
 /// Classifies every sample of `folder`; unreadable files are reported and left out.
-pub fn evaluate_folder(
-    classifier: &Classifier,
-    folder: &ImageFolder,
-) -> (ClassificationReport, Vec<(String, String)>) {
+pub fn evaluate_folder(classifier: &Classifier, folder: &ImageFolder) -> FolderEvaluation {
     let mut pairs = Vec::new();
+    let mut logits = Vec::new();
+    let mut flagged = 0usize;
     let mut failed = Vec::new();
     for sample in &folder.samples {
         let outcome = std::fs::read(&sample.path)
             .map_err(|e| e.to_string())
             .and_then(|b| classifier.classify_bytes(&b).map_err(|e| e.to_string()));
         match outcome {
-            Ok(prediction) => pairs.push((sample.label, prediction.top)),
+            Ok(prediction) => {
+                pairs.push((sample.label, prediction.top));
+                flagged += usize::from(prediction.in_distribution == Some(false));
+                logits.push(prediction.logits);
+            }
             Err(error) => {
                 eprintln!("warning: {}: {error}", sample.path.display());
                 failed.push((sample.relative.clone(), error));
@@ -59,11 +72,18 @@ pub fn evaluate_folder(
         }
     }
     let labels = classifier.classes().to_vec();
+    let truth: Vec<usize> = pairs.iter().map(|p| p.0).collect();
     let confusion = confusion_matrix(&pairs, labels.len());
-    (
-        ClassificationReport::from_confusion(confusion, labels),
+    let calibrated = classifier.temperature() != 1.0;
+    FolderEvaluation {
+        report: ClassificationReport::from_confusion(confusion, labels),
         failed,
-    )
+        calibration: calibrated
+            .then(|| CalibrationReport::measure(&logits, &truth, classifier.temperature())),
+        gate_flagged_rate: classifier
+            .has_gate()
+            .then(|| flagged as f64 / pairs.len().max(1) as f64),
+    }
 }
 
 pub fn confusion_text(report: &ClassificationReport) -> String {
@@ -88,7 +108,8 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
         }
         None => Vec::new(),
     };
-    let (report, failed) = evaluate_folder(&classifier, &folder);
+    let evaluation = evaluate_folder(&classifier, &folder);
+    let (report, failed) = (&evaluation.report, &evaluation.failed);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -99,13 +120,29 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
             failed.len()
         );
         println!("{}", report.to_text());
-        println!("{}", confusion_text(&report));
+        println!("{}", confusion_text(report));
+        if let Some(c) = &evaluation.calibration {
+            println!(
+                "calibration (T = {:.3}): ECE(15 bins) {:.4} -> {:.4}, Brier {:.4} -> {:.4}",
+                c.temperature,
+                c.ece_15_bins_before,
+                c.ece_15_bins_after,
+                c.brier_before,
+                c.brier_after
+            );
+        }
+        if let Some(rate) = evaluation.gate_flagged_rate {
+            println!(
+                "out-of-distribution gate flagged {:.1}% of these images",
+                rate * 100.0
+            );
+        }
     }
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out)?;
-        let text = format!("{}\n{}", report.to_text(), confusion_text(&report));
+        let text = format!("{}\n{}", report.to_text(), confusion_text(report));
         write_atomic(&out.join("report.txt"), text.as_bytes())?;
-        plots::confusion(&out.join("confusion.png"), &report)?;
+        plots::confusion(&out.join("confusion.png"), report)?;
     }
     if let (Some(name), Some(card_path)) = (&args.record, &args.card) {
         let mut card = ModelCard::from_json(&std::fs::read_to_string(card_path)?)?;
@@ -115,8 +152,10 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
             data: args.data.display().to_string(),
             excluded,
             report: report.clone(),
+            calibration: evaluation.calibration.clone(),
+            gate_flagged_rate: evaluation.gate_flagged_rate,
         });
         write_atomic(card_path, card.to_json().as_bytes())?;
     }
-    Ok(report)
+    Ok(evaluation.report)
 }

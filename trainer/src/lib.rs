@@ -19,9 +19,11 @@ pub fn keep_freed_memory() {
 }
 
 pub mod augment;
+pub mod calibrate;
 pub mod data;
 pub mod device;
 pub mod evaluate;
+pub mod gate;
 pub mod optim;
 pub mod plots;
 pub mod predict;

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use trainer::device::{self, DeviceChoice};
-use trainer::{evaluate, predict, training};
+use trainer::{calibrate, evaluate, predict, training};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +26,13 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// Fit temperature scaling and the out-of-distribution gate to a trained model, in place.
+    Calibrate {
+        #[command(flatten)]
+        args: calibrate::CalibrateArgs,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
     /// Class probabilities for image files.
     Predict {
         #[command(flatten)]
@@ -43,6 +50,9 @@ fn main() -> Result<()> {
         }
         Command::Evaluate { args, device } => {
             evaluate::run(&args, &device::select(device)?)?;
+        }
+        Command::Calibrate { args, device } => {
+            calibrate::run(&args, &device::select(device)?)?;
         }
         Command::Predict { args, device } => {
             if !predict::run(&args, &device::select(device)?)? {

@@ -34,6 +34,11 @@ enum ImageResult {
         probabilities: BTreeMap<String, f32>,
         top: String,
         top_probability: f32,
+        /// false: the gate says this is not the kind of image the model was trained on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        in_distribution: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ood_score: Option<f32>,
     },
     Failed {
         file: String,
@@ -78,6 +83,8 @@ fn classify(classifier: &Classifier, path: &Path) -> ImageResult {
                     .collect(),
                 top: classes[prediction.top].clone(),
                 top_probability: prediction.probabilities[prediction.top],
+                in_distribution: prediction.in_distribution,
+                ood_score: prediction.ood_score,
             }
         }
         Err(error) => ImageResult::Failed { file, error },
@@ -101,9 +108,15 @@ pub fn run(args: &PredictArgs, device: &Device) -> Result<bool> {
                     file,
                     probabilities,
                     top,
+                    in_distribution,
                     ..
                 } => {
                     println!("{file}");
+                    if *in_distribution == Some(false) {
+                        println!(
+                            "  WARNING: this does not look like a chest X-ray of the kind the model was trained on; do not read the probabilities below as a finding"
+                        );
+                    }
                     for class in classifier.classes() {
                         let marker = if class == top { "  <- top" } else { "" };
                         println!("  {class:<20} {:.4}{marker}", probabilities[class]);

@@ -20,7 +20,9 @@ use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::Augmentation;
-use crate::data::{class_counts, load, stratified_split, CachedImages, ImageFolder};
+use crate::data::{
+    class_counts, load, normalized_batch, stratified_split, CachedImages, ImageFolder,
+};
 use crate::device::{select, DeviceChoice};
 use crate::optim::{step_lr, Sgd, SgdConfig};
 use crate::plots;
@@ -197,24 +199,18 @@ impl Pass<'_> {
         augment: Option<(&Augmentation, u64, usize)>,
     ) -> Result<Tensor> {
         let side = self.preprocessing.crop as usize;
-        let mut data = Vec::with_capacity(indices.len() * 3 * side * side);
-        for &i in indices {
-            let mut chw = match augment {
+        let images = indices
+            .iter()
+            .map(|&i| match augment {
                 Some((aug, seed, epoch)) => aug.apply(
                     &self.images.pixels[i],
                     side,
                     &mut Augmentation::rng(seed, epoch, i),
                 ),
                 None => self.images.pixels[i].clone(),
-            };
-            self.preprocessing.normalize(&mut chw);
-            data.extend_from_slice(&chw);
-        }
-        Ok(Tensor::from_vec(
-            data,
-            (indices.len(), 3, side, side),
-            self.device,
-        )?)
+            })
+            .collect();
+        normalized_batch(images, side, self.preprocessing, self.device)
     }
 
     fn labels(&self, indices: &[usize]) -> Result<Tensor> {
@@ -424,6 +420,8 @@ fn export(
             best_epoch: state.best_epoch,
             best_validation_accuracy: state.best_validation_accuracy,
         }),
+        temperature: None,
+        ood_gate: None,
         evaluations: Vec::new(),
         intended_use: "Research and teaching: shows what a ResNet50 trained on a small public \
                        chest X-ray set answers for a radiograph. A research tool, not a \

@@ -227,3 +227,45 @@ fn unusable_data_folders_fail_before_training() {
     std::fs::write(unreadable_class.join("junk/a.png"), b"garbage").unwrap();
     expect_error_before_training(unreadable_class, root.join("o4"), "no readable image");
 }
+
+#[test]
+fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
+    let dir = tempdir();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    synthetic_folder(&data, 12);
+    training::run(&args(&data, &out, 1)).unwrap();
+    let (weights, card_path) = (out.join(MODEL_FILE), out.join(CARD_FILE));
+    let calibrate = trainer::calibrate::CalibrateArgs {
+        weights: weights.clone(),
+        card: card_path.clone(),
+        data: data.clone(),
+        dims: 8,
+        true_accept: 0.95,
+    };
+    let card = trainer::calibrate::run(&calibrate, &Device::Cpu).unwrap();
+    let temperature = card.temperature.unwrap();
+    assert!(temperature > 0.0 && temperature.is_finite());
+    let gate = card.ood_gate.as_ref().unwrap();
+    assert!(gate.dims >= 1 && gate.dims <= 8);
+    card.verify_weights(&std::fs::read(&weights).unwrap())
+        .unwrap();
+
+    let classifier =
+        trainer::predict::load_classifier(&weights, Some(&card_path), &Device::Cpu).unwrap();
+    assert_eq!(classifier.temperature(), temperature);
+    assert!(classifier.has_gate());
+    let sample = std::fs::read(data.join("disc/000.png")).unwrap();
+    let prediction = classifier.classify_bytes(&sample).unwrap();
+    assert!(prediction.in_distribution.is_some());
+    assert!(prediction.ood_score.unwrap() >= 0.0);
+
+    // Calibrating against other data is refused: the split would not be the run's.
+    let other = dir.path().join("other");
+    synthetic_folder(&other, 5);
+    let refused = trainer::calibrate::CalibrateArgs {
+        data: other,
+        ..calibrate
+    };
+    let err = trainer::calibrate::run(&refused, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("not the data"), "{err}");
+}

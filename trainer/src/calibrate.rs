@@ -1,0 +1,152 @@
+//! `trainer calibrate`: fits temperature scaling on the validation split and the
+//! out-of-distribution gate on the training split of the run that made the weights, then writes
+//! both into the weights file (`ood.*` tensors) and the model card.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use pneumoscope::calibration::{fit_temperature, negative_log_likelihood, CalibrationReport};
+use pneumoscope::card::{sha256_hex, ModelCard};
+use pneumoscope::checkpoint::{to_safetensors_bytes, write_atomic};
+use pneumoscope::ood::GateRecord;
+use pneumoscope::Classifier;
+
+use crate::data::{load, normalized_batch, stratified_split, ImageFolder};
+use crate::gate::{fit_mahalanobis, threshold_for_true_accept};
+use crate::predict::load_classifier;
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// Weights to calibrate; rewritten with the gate's tensors.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// The run's model card; gets the temperature and the gate.
+    #[arg(long)]
+    pub card: PathBuf,
+    /// The training ImageFolder the run used (its content hash must match the card's).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Principal components the gate keeps.
+    #[arg(long, default_value_t = 64)]
+    pub dims: usize,
+    /// Share of held-out (validation) images the gate's threshold must accept.
+    #[arg(long, default_value_t = 0.95)]
+    pub true_accept: f64,
+}
+
+/// One row per image.
+type Rows = Vec<Vec<f32>>;
+
+/// (logits, features) of every cached image, in batches.
+fn outputs(classifier: &Classifier, pixels: &[Vec<f32>], device: &Device) -> Result<(Rows, Rows)> {
+    let (mut logits, mut features) = (Vec::new(), Vec::new());
+    let side = classifier.preprocessing().crop as usize;
+    for chunk in pixels.chunks(16) {
+        let batch = normalized_batch(chunk.to_vec(), side, classifier.preprocessing(), device)?;
+        for prediction in classifier.classify_batch(&batch)? {
+            logits.push(prediction.logits);
+            features.push(prediction.features);
+        }
+    }
+    Ok((logits, features))
+}
+
+pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
+    let mut card = ModelCard::from_json(
+        &std::fs::read_to_string(&args.card)
+            .with_context(|| format!("reading {}", args.card.display()))?,
+    )?;
+    let training = card
+        .training
+        .clone()
+        .context("the card records no training run, so its split is unknown")?;
+    let seed = training.config["seed"].as_u64().context("card: no seed")?;
+    let val_fraction = training.config["val_fraction"]
+        .as_f64()
+        .context("card: no val_fraction")?;
+    // Raw logits: calibrate against the uncalibrated model.
+    card.temperature = None;
+    card.ood_gate = None;
+    let classifier = {
+        let bytes = std::fs::read(&args.weights)?;
+        card.verify_weights(&bytes)?;
+        let checkpoint = pneumoscope::Checkpoint::from_bytes(&bytes, device)?;
+        Classifier::new(checkpoint, Some(&card), device)?
+    };
+    let folder = ImageFolder::scan(&args.data)?;
+    folder.expect_classes(classifier.classes())?;
+    let images = load(&folder, classifier.preprocessing())?;
+    if images.record.content_sha256 != training.data.content_sha256 {
+        bail!(
+            "{} is not the data this model was trained on (content hash differs); the split would not be its split",
+            args.data.display()
+        );
+    }
+    let labels: Vec<usize> = images.samples.iter().map(|s| s.label).collect();
+    let classes = images.classes.len();
+    let (train_idx, val_idx) = stratified_split(&labels, classes, val_fraction, seed);
+    println!(
+        "computing outputs for {} training and {} validation images",
+        train_idx.len(),
+        val_idx.len()
+    );
+    let (logits, features) = outputs(&classifier, &images.pixels, device)?;
+    let pick = |v: &Vec<Vec<f32>>, idx: &[usize]| -> Vec<Vec<f32>> {
+        idx.iter().map(|&i| v[i].clone()).collect()
+    };
+    let pick_labels = |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&i| labels[i]).collect() };
+
+    let (val_logits, val_labels) = (pick(&logits, &val_idx), pick_labels(&val_idx));
+    let temperature = fit_temperature(&val_logits, &val_labels);
+    let calibration = CalibrationReport::measure(&val_logits, &val_labels, temperature);
+    println!(
+        "temperature {temperature:.4}: validation NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4}, Brier {:.4} -> {:.4}",
+        negative_log_likelihood(&val_logits, &val_labels, 1.0),
+        negative_log_likelihood(&val_logits, &val_labels, temperature),
+        calibration.ece_15_bins_before,
+        calibration.ece_15_bins_after,
+        calibration.brier_before,
+        calibration.brier_after
+    );
+
+    let mut gate = fit_mahalanobis(
+        &pick(&features, &train_idx),
+        &pick_labels(&train_idx),
+        classes,
+        args.dims,
+    )?;
+    let val_scores: Vec<f32> = val_idx.iter().map(|&i| gate.score(&features[i])).collect();
+    gate.threshold = threshold_for_true_accept(&val_scores, args.true_accept);
+    let kept_dims = gate.project(&features[0]).len();
+    println!(
+        "gate: {kept_dims} dims, threshold {:.2} accepts {:.1}% of validation images",
+        gate.threshold,
+        100.0 * val_scores.iter().filter(|&&s| s <= gate.threshold).count() as f64
+            / val_scores.len() as f64
+    );
+
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&args.weights, device)?;
+    tensors.retain(|name, _| !name.starts_with("ood."));
+    tensors.extend(gate.to_tensors(device)?);
+    let bytes = to_safetensors_bytes(&tensors)?;
+    write_atomic(&args.weights, &bytes)?;
+    card.weights.sha256 = sha256_hex(&bytes);
+    card.weights.bytes = bytes.len() as u64;
+    card.temperature = Some(temperature);
+    card.ood_gate = Some(GateRecord {
+        method: format!(
+            "Mahalanobis distance to the nearest class mean, shared covariance, in the top {kept_dims} principal components of the training split's pooled features"
+        ),
+        dims: kept_dims,
+        threshold: gate.threshold,
+        target_true_accept: args.true_accept,
+    });
+    write_atomic(&args.card, card.to_json().as_bytes())?;
+    // The rewritten pair must load.
+    load_classifier(&args.weights, Some(&args.card), device)?;
+    Ok(card)
+}

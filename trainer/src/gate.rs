@@ -1,0 +1,151 @@
+//! Fitting the out-of-distribution gate and the temperature on a trained model's outputs.
+
+use anyhow::{bail, Result};
+use nalgebra::{DMatrix, SymmetricEigen};
+use pneumoscope::ood::MahalanobisGate;
+
+/// Fits class means and a shared covariance to `features` (n, D) in the subspace of their top
+/// `dims` principal axes (fewer when the data have fewer independent directions). The threshold
+/// is left at infinity; `threshold_for_true_accept` sets it.
+pub fn fit_mahalanobis(
+    features: &[Vec<f32>],
+    labels: &[usize],
+    classes: usize,
+    dims: usize,
+) -> Result<MahalanobisGate> {
+    let n = features.len();
+    if n <= classes + 1 {
+        bail!(
+            "the gate needs more than {} training images, got {n}",
+            classes + 1
+        );
+    }
+    let d = features[0].len();
+    let mean: Vec<f64> = (0..d)
+        .map(|j| features.iter().map(|f| f64::from(f[j])).sum::<f64>() / n as f64)
+        .collect();
+    let centred = DMatrix::from_fn(n, d, |i, j| f64::from(features[i][j]) - mean[j]);
+    // Principal axes through the n x n Gram matrix: with n << D this is the cheap side.
+    let eigen = SymmetricEigen::new(&centred * centred.transpose());
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
+    let largest = eigen.eigenvalues[order[0]].max(f64::MIN_POSITIVE);
+    let kept: Vec<usize> = order
+        .into_iter()
+        .filter(|&i| eigen.eigenvalues[i] > 1e-8 * largest)
+        .take(dims.min(n - classes - 1))
+        .collect();
+    let k = kept.len();
+    if k == 0 {
+        bail!("the training features have no variance; the gate cannot be fitted");
+    }
+    // Axis i = Xc^T v_i / sqrt(lambda_i): unit length in feature space.
+    let mut axes = DMatrix::<f64>::zeros(k, d);
+    for (row, &i) in kept.iter().enumerate() {
+        let axis = centred.transpose() * eigen.eigenvectors.column(i) / eigen.eigenvalues[i].sqrt();
+        axes.row_mut(row).copy_from(&axis.transpose());
+    }
+    let projected = &centred * axes.transpose(); // (n, k)
+    let mut class_means = DMatrix::<f64>::zeros(classes, k);
+    let mut counts = vec![0usize; classes];
+    for (i, &y) in labels.iter().enumerate() {
+        let mut row = class_means.row_mut(y);
+        row += projected.row(i);
+        counts[y] += 1;
+    }
+    for (c, &count) in counts.iter().enumerate() {
+        if count == 0 {
+            bail!("class {c} has no training image; the gate cannot be fitted");
+        }
+        class_means.row_mut(c).scale_mut(1.0 / count as f64);
+    }
+    let mut scatter = DMatrix::<f64>::zeros(k, k);
+    for (i, &y) in labels.iter().enumerate() {
+        let diff = projected.row(i) - class_means.row(y);
+        scatter += diff.transpose() * diff;
+    }
+    let mut covariance = scatter / (n - classes) as f64;
+    // A small ridge keeps the inverse finite when a direction has (almost) no within-class spread.
+    let ridge = 1e-6 * covariance.trace() / k as f64 + 1e-12;
+    for i in 0..k {
+        covariance[(i, i)] += ridge;
+    }
+    let Some(precision) = covariance.try_inverse() else {
+        bail!("the within-class covariance is singular");
+    };
+    let to_f32 = |m: &DMatrix<f64>| -> Vec<f32> {
+        // nalgebra is column-major; the gate wants row-major.
+        m.transpose().iter().map(|&v| v as f32).collect()
+    };
+    Ok(MahalanobisGate::new(
+        mean.iter().map(|&v| v as f32).collect(),
+        to_f32(&axes),
+        to_f32(&class_means),
+        to_f32(&precision),
+        f32::INFINITY,
+    )?)
+}
+
+/// The smallest threshold that accepts at least `true_accept` of `scores` (in-distribution).
+pub fn threshold_for_true_accept(scores: &[f32], true_accept: f64) -> f32 {
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let needed = ((true_accept * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[needed - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
+
+    /// Two Gaussian classes in 50-d with a known shared covariance (variance 1 on the first
+    /// 5 coordinates, 0.01 elsewhere): in-class points score around the subspace dimension,
+    /// points far along a low-variance direction score very high.
+    #[test]
+    fn gate_separates_known_gaussians_from_outliers() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let noise = Normal::new(0.0f32, 1.0).unwrap();
+        let d = 50;
+        let sample = |class: usize, rng: &mut StdRng| -> Vec<f32> {
+            (0..d)
+                .map(|j| {
+                    let sd = if j < 5 { 1.0 } else { 0.1 };
+                    let centre = if j == 0 { 6.0 * class as f32 } else { 0.0 };
+                    centre + sd * noise.sample(rng)
+                })
+                .collect()
+        };
+        let labels: Vec<usize> = (0..400).map(|i| i % 2).collect();
+        let features: Vec<Vec<f32>> = labels.iter().map(|&c| sample(c, &mut rng)).collect();
+        let gate = fit_mahalanobis(&features, &labels, 2, 10).unwrap();
+
+        let held_out: Vec<f32> = (0..200)
+            .map(|i| gate.score(&sample(i % 2, &mut rng)))
+            .collect();
+        let threshold = threshold_for_true_accept(&held_out, 0.95);
+        let accepted = held_out.iter().filter(|&&s| s <= threshold).count();
+        assert!(accepted >= 190, "{accepted} of 200 accepted");
+        // Mean squared distance of in-class points is about the dimension kept (10).
+        let mean: f32 = held_out.iter().sum::<f32>() / 200.0;
+        assert!((5.0..20.0).contains(&mean), "mean in-class score {mean}");
+
+        let mut outlier = sample(0, &mut rng);
+        outlier[7] += 3.0; // 30 standard deviations along a quiet direction
+        assert!(gate.score(&outlier) > 10.0 * threshold);
+        let beyond: Vec<f32> = (0..d).map(|j| if j == 0 { 16.0 } else { 0.0 }).collect();
+        assert!(
+            gate.score(&beyond) > 3.0 * threshold,
+            "10 sd past the last class mean"
+        );
+    }
+
+    #[test]
+    fn threshold_accepts_the_requested_share() {
+        let scores: Vec<f32> = (1..=100).map(|i| i as f32).collect();
+        assert_eq!(threshold_for_true_accept(&scores, 0.95), 95.0);
+        assert_eq!(threshold_for_true_accept(&scores, 1.0), 100.0);
+        assert_eq!(threshold_for_true_accept(&scores[..3], 0.5), 2.0);
+    }
+}
