@@ -55,28 +55,51 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f32 {
     ((lo + hi) / 2.0).exp() as f32
 }
 
-/// Expected calibration error with `bins` equal-width confidence bins (top-class confidence
-/// against top-class accuracy, weighted by bin size), as in Guo et al.
+/// One confidence bin of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ReliabilityBin {
+    /// Mean top-class confidence of the images in the bin.
+    pub confidence: f64,
+    /// Share of them whose top class is right.
+    pub accuracy: f64,
+    pub count: usize,
+}
+
+/// Top-class confidence against accuracy in `bins` equal-width bins ((0, 1/bins], ...).
+pub fn reliability_bins(
+    probabilities: &[Vec<f32>],
+    labels: &[usize],
+    bins: usize,
+) -> Vec<ReliabilityBin> {
+    let mut sums = vec![ReliabilityBin::default(); bins];
+    for (p, &y) in probabilities.iter().zip(labels) {
+        let top = crate::classifier::argmax(p);
+        let confidence = f64::from(p[top]);
+        let bin = &mut sums[((confidence * bins as f64).ceil() as usize).clamp(1, bins) - 1];
+        bin.confidence += confidence;
+        bin.accuracy += f64::from(u8::from(top == y));
+        bin.count += 1;
+    }
+    for bin in &mut sums {
+        if bin.count > 0 {
+            bin.confidence /= bin.count as f64;
+            bin.accuracy /= bin.count as f64;
+        }
+    }
+    sums
+}
+
+/// Expected calibration error with `bins` equal-width confidence bins: the bin-size weighted
+/// mean of |accuracy - confidence|, as in Guo et al.
 pub fn expected_calibration_error(
     probabilities: &[Vec<f32>],
     labels: &[usize],
     bins: usize,
 ) -> f64 {
-    let mut count = vec![0usize; bins];
-    let mut confidence = vec![0f64; bins];
-    let mut correct = vec![0f64; bins];
-    for (p, &y) in probabilities.iter().zip(labels) {
-        let top = crate::classifier::argmax(p);
-        let c = f64::from(p[top]);
-        let bin = ((c * bins as f64).ceil() as usize).clamp(1, bins) - 1;
-        count[bin] += 1;
-        confidence[bin] += c;
-        correct[bin] += f64::from(u8::from(top == y));
-    }
     let n = probabilities.len().max(1) as f64;
-    (0..bins)
-        .filter(|&b| count[b] > 0)
-        .map(|b| (confidence[b] - correct[b]).abs() / n)
+    reliability_bins(probabilities, labels, bins)
+        .iter()
+        .map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs())
         .sum()
 }
 

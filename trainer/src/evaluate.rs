@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Args;
-use pneumoscope::calibration::CalibrationReport;
+use pneumoscope::calibration::{reliability_bins, softmax_with_temperature, CalibrationReport};
 use pneumoscope::card::{Evaluation, ModelCard};
 use pneumoscope::checkpoint::write_atomic;
 use pneumoscope::metrics::{confusion_matrix, ClassificationReport};
@@ -43,6 +43,9 @@ pub struct EvaluateArgs {
 /// What classifying a labelled folder gave.
 pub struct FolderEvaluation {
     pub report: ClassificationReport,
+    /// Raw logits and true labels of the classified images.
+    pub logits: Vec<Vec<f32>>,
+    pub labels: Vec<usize>,
     /// (file, error) for files that could not be classified; they are left out of the report.
     pub failed: Vec<(String, String)>,
     pub calibration: Option<CalibrationReport>,
@@ -77,9 +80,11 @@ pub fn evaluate_folder(classifier: &Classifier, folder: &ImageFolder) -> FolderE
     let calibrated = classifier.temperature() != 1.0;
     FolderEvaluation {
         report: ClassificationReport::from_confusion(confusion, labels),
-        failed,
         calibration: calibrated
             .then(|| CalibrationReport::measure(&logits, &truth, classifier.temperature())),
+        logits,
+        labels: truth,
+        failed,
         gate_flagged_rate: classifier
             .has_gate()
             .then(|| flagged as f64 / pairs.len().max(1) as f64),
@@ -143,6 +148,22 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
         let text = format!("{}\n{}", report.to_text(), confusion_text(report));
         write_atomic(&out.join("report.txt"), text.as_bytes())?;
         plots::confusion(&out.join("confusion.png"), report)?;
+        if let Some(c) = &evaluation.calibration {
+            let probabilities = |t: f32| -> Vec<Vec<f32>> {
+                evaluation
+                    .logits
+                    .iter()
+                    .map(|z| softmax_with_temperature(z, t))
+                    .collect()
+            };
+            let bins = |t: f32| reliability_bins(&probabilities(t), &evaluation.labels, 15);
+            plots::reliability(
+                &out.join("reliability.png"),
+                &bins(1.0),
+                &bins(c.temperature),
+                c.temperature,
+            )?;
+        }
     }
     if let (Some(name), Some(card_path)) = (&args.record, &args.card) {
         let mut card = ModelCard::from_json(&std::fs::read_to_string(card_path)?)?;

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use pneumoscope::calibration::ReliabilityBin;
 use pneumoscope::metrics::ClassificationReport;
 
 use crate::training::EpochMetrics;
@@ -169,9 +170,65 @@ pub fn confusion(path: &Path, report: &ClassificationReport) -> Result<()> {
     Ok(())
 }
 
+/// Reliability diagram: accuracy against confidence per bin, before and after temperature
+/// scaling, with the diagonal of perfect calibration.
+pub fn reliability(
+    path: &Path,
+    before: &[ReliabilityBin],
+    after: &[ReliabilityBin],
+    temperature: f32,
+) -> Result<()> {
+    let root = BitMapBackend::new(path, (640, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Reliability (15 bins, T = {temperature:.3})"),
+            ("sans-serif", 22),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("confidence")
+        .y_desc("accuracy")
+        .draw()
+        .map_err(plot_error)?;
+    chart
+        .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.4)))
+        .map_err(plot_error)?;
+    for (name, bins, color) in [("before", before, RED), ("after", after, BLUE)] {
+        let points: Vec<(f64, f64)> = bins
+            .iter()
+            .filter(|b| b.count > 0)
+            .map(|b| (b.confidence, b.accuracy))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(plot_error)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(plot_error)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)?;
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pneumoscope::calibration::reliability_bins;
     use pneumoscope::metrics::ClassificationReport;
 
     fn decoded_size(path: &Path) -> (u32, u32) {
@@ -203,5 +260,18 @@ mod tests {
         );
         confusion(&dir.join("confusion.png"), &report).unwrap();
         assert_eq!(decoded_size(&dir.join("confusion.png")), (640, 600));
+
+        let probs = vec![
+            vec![0.95, 0.05],
+            vec![0.9, 0.1],
+            vec![0.55, 0.45],
+            vec![0.3, 0.7],
+        ];
+        let bins = reliability_bins(&probs, &[0, 1, 0, 1], 15);
+        assert_eq!((bins[14].accuracy, bins[14].count), (1.0, 1));
+        assert_eq!((bins[13].accuracy, bins[13].count), (0.0, 1));
+        assert_eq!(bins.iter().map(|b| b.count).sum::<usize>(), 4);
+        reliability(&dir.join("reliability.png"), &bins, &bins, 1.5).unwrap();
+        assert_eq!(decoded_size(&dir.join("reliability.png")), (640, 600));
     }
 }
