@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Builds an out-of-distribution image set for the gate's evaluation, from material available
+offline: the test radiographs inverted, rotated by 90 degrees and cropped to a corner; natural
+photographs shipped with scikit-image; synthetic images (noise, gradients, checkerboards).
+
+    python3 -m pip install scikit-image pillow
+    python3 scripts/make_ood_set.py --test ../shared/data/covid19-kaggle/test --out /tmp/ood
+
+writes OUT/<kind>/*.png. Then `trainer predict --json ... OUT/<kind>/*` gives, per image,
+`in_distribution`; the share flagged is the gate's rejection rate for that kind.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+
+def radiograph_variants(test_dir, out):
+    files = sorted(p for p in Path(test_dir).rglob("*") if p.is_file())
+    for kind in ("inverted", "rotated90", "corner_crop"):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(files):
+        image = Image.open(path).convert("L")
+        ImageOps.invert(image).save(out / "inverted" / f"{i:03d}.png")
+        image.rotate(90, expand=True).save(out / "rotated90" / f"{i:03d}.png")
+        w, h = image.size
+        image.crop((0, 0, w // 4, h // 4)).save(out / "corner_crop" / f"{i:03d}.png")
+    return len(files)
+
+
+def natural_images(out):
+    from skimage import data
+
+    names = ["astronaut", "coffee", "chelsea", "rocket", "cat", "camera", "coins", "moon",
+             "page", "text", "clock", "horse", "hubble_deep_field", "immunohistochemistry"]
+    (out / "natural").mkdir(parents=True, exist_ok=True)
+    count = 0
+    for name in names:
+        loader = getattr(data, name, None)
+        if loader is None:
+            continue
+        array = np.asarray(loader())
+        if array.dtype == bool:
+            array = array.astype(np.uint8) * 255
+        Image.fromarray(array.astype(np.uint8)).save(out / "natural" / f"{name}.png")
+        count += 1
+    return count
+
+
+def synthetic_images(out, seed=0):
+    rng = np.random.default_rng(seed)
+    (out / "synthetic").mkdir(parents=True, exist_ok=True)
+    size = 512
+    y, x = np.mgrid[0:size, 0:size]
+    images = {
+        "uniform_noise": rng.integers(0, 256, (size, size, 3)),
+        "gray_noise": np.repeat(rng.integers(0, 256, (size, size, 1)), 3, axis=2),
+        "horizontal_gradient": np.repeat((x * 255 / size)[..., None], 3, axis=2),
+        "radial_gradient": np.repeat((255 * np.hypot(x - size / 2, y - size / 2) / (size / 1.4))[..., None], 3, axis=2),
+        "checkerboard": np.repeat((((x // 32 + y // 32) % 2) * 255)[..., None], 3, axis=2),
+        "black": np.zeros((size, size, 3)),
+        "white": np.full((size, size, 3), 255),
+        "color_bars": np.stack([(x * 255 // size), (y * 255 // size), 255 - (x * 255 // size)], axis=2),
+    }
+    for name, array in images.items():
+        Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(out / "synthetic" / f"{name}.png")
+    return len(images)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--test", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    out = Path(args.out)
+    counts = {
+        "radiographs per variant": radiograph_variants(args.test, out),
+        "natural": natural_images(out),
+        "synthetic": synthetic_images(out),
+    }
+    print(counts)
+
+
+if __name__ == "__main__":
+    main()
