@@ -14,7 +14,7 @@ use pneumoscope::Classifier;
 
 use crate::data::ImageFolder;
 use crate::plots;
-use crate::predict::load_classifier;
+use crate::predict::{classify_file, load_classifier};
 
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
@@ -59,10 +59,7 @@ pub fn evaluate_folder(classifier: &Classifier, folder: &ImageFolder) -> FolderE
     let mut flagged = 0usize;
     let mut failed = Vec::new();
     for sample in &folder.samples {
-        let outcome = std::fs::read(&sample.path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| classifier.classify_bytes(&b).map_err(|e| e.to_string()));
-        match outcome {
+        match classify_file(classifier, &sample.path) {
             Ok(prediction) => {
                 pairs.push((sample.label, prediction.top));
                 flagged += usize::from(prediction.in_distribution == Some(false));

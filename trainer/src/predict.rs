@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Args;
-use pneumoscope::{Checkpoint, Classifier, ModelCard};
+use pneumoscope::{Checkpoint, Classifier, ModelCard, Prediction};
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -66,12 +66,15 @@ pub fn load_classifier(weights: &Path, card: Option<&Path>, device: &Device) -> 
     Ok(Classifier::new(checkpoint, card.as_ref(), device)?)
 }
 
+/// Reads and classifies one file; a read or decode failure is the error's message.
+pub fn classify_file(classifier: &Classifier, path: &Path) -> Result<Prediction, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    classifier.classify_bytes(&bytes).map_err(|e| e.to_string())
+}
+
 fn classify(classifier: &Classifier, path: &Path) -> ImageResult {
     let file = path.display().to_string();
-    let outcome = std::fs::read(path)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| classifier.classify_bytes(&bytes).map_err(|e| e.to_string()));
-    match outcome {
+    match classify_file(classifier, path) {
         Ok(prediction) => {
             let classes = classifier.classes();
             ImageResult::Classified {
