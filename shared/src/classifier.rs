@@ -2,6 +2,7 @@
 //! and the web page both go through here.
 
 use candle_core::{Device, Tensor};
+use image::Rgb32FImage;
 
 use crate::calibration::softmax_with_temperature;
 use crate::ood::MahalanobisGate;
@@ -9,6 +10,7 @@ use crate::ood::MahalanobisGate;
 use crate::cam::ClassActivationMaps;
 use crate::card::ModelCard;
 use crate::checkpoint::Checkpoint;
+use crate::decode::decode_rgb;
 use crate::error::{Error, Result};
 use crate::model::ResNet50;
 use crate::preprocess::Preprocessing;
@@ -104,8 +106,18 @@ impl Classifier {
 
     /// Decodes, preprocesses and classifies one image file's bytes.
     pub fn classify_bytes(&self, bytes: &[u8]) -> Result<Prediction> {
-        let input = self.preprocessing.tensor_from_bytes(bytes, &self.device)?;
-        let mut predictions = self.classify_batch(&input.unsqueeze(0)?)?;
+        self.classify_image(&decode_rgb(bytes)?)
+    }
+
+    /// Preprocesses and classifies one decoded image.
+    pub fn classify_image(&self, image: &Rgb32FImage) -> Result<Prediction> {
+        let crop = self.preprocessing.crop as usize;
+        let input = Tensor::from_vec(
+            self.preprocessing.apply(image),
+            (1, 3, crop, crop),
+            &self.device,
+        )?;
+        let mut predictions = self.classify_batch(&input)?;
         Ok(predictions.remove(0))
     }
 

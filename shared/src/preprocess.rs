@@ -1,12 +1,8 @@
 //! torchvision's ResNet eval transform, computed in f32 exactly as its tensor path does:
 //! `Resize(256, bilinear, antialias=True)`, `CenterCrop(224)`, then `Normalize(mean, std)`.
 
-use candle_core::{Device, Tensor};
 use image::Rgb32FImage;
 use serde::{Deserialize, Serialize};
-
-use crate::decode::decode_rgb;
-use crate::error::Result;
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -91,14 +87,57 @@ fn crop_offset(size: usize, crop: usize) -> usize {
         .max(0.0) as usize
 }
 
+/// Where the network's input lies in the original image, as fractions of its width and height
+/// (what a heat map must be drawn over).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CropRegion {
+    pub left: f32,
+    pub top: f32,
+    pub width: f32,
+    pub height: f32,
+}
+
+/// The resized size and the crop's top-left corner in it.
+struct CropGeometry {
+    resized: (usize, usize),
+    left: usize,
+    top: usize,
+}
+
 impl Preprocessing {
+    fn geometry(&self, width: usize, height: usize) -> CropGeometry {
+        let crop = self.crop as usize;
+        let resized = resized_size(width, height, self.resize_shorter as usize);
+        CropGeometry {
+            resized,
+            left: crop_offset(resized.0, crop),
+            top: crop_offset(resized.1, crop),
+        }
+    }
+
+    /// The part of a `width` x `height` image that the network sees.
+    pub fn crop_region(&self, width: u32, height: u32) -> CropRegion {
+        let geometry = self.geometry(width as usize, height as usize);
+        let (out_w, out_h) = (geometry.resized.0 as f32, geometry.resized.1 as f32);
+        let crop = self.crop as f32;
+        CropRegion {
+            left: geometry.left as f32 / out_w,
+            top: geometry.top as f32 / out_h,
+            width: (crop / out_w).min(1.0),
+            height: (crop / out_h).min(1.0),
+        }
+    }
+
     /// Resize + centre crop in [0, 1], channel-major (3, crop, crop). Only the cropped region is
     /// ever computed, so a long, thin image costs no more than a square one.
     pub fn resized_crop(&self, image: &Rgb32FImage) -> Vec<f32> {
         let (in_w, in_h) = (image.width() as usize, image.height() as usize);
         let crop = self.crop as usize;
-        let (out_w, out_h) = resized_size(in_w, in_h, self.resize_shorter as usize);
-        let (left, top) = (crop_offset(out_w, crop), crop_offset(out_h, crop));
+        let CropGeometry {
+            resized: (out_w, out_h),
+            left,
+            top,
+        } = self.geometry(in_w, in_h);
         let cols = filter_taps(in_w, out_w, left..left + crop);
         let rows = filter_taps(in_h, out_h, top..top + crop);
         let pixels = image.as_raw();
@@ -155,17 +194,6 @@ impl Preprocessing {
         self.normalize(&mut chw);
         chw
     }
-
-    /// Decodes image bytes and applies the eval transform: a (3, crop, crop) tensor.
-    pub fn tensor_from_bytes(&self, bytes: &[u8], device: &Device) -> Result<Tensor> {
-        let image = decode_rgb(bytes)?;
-        let crop = self.crop as usize;
-        Ok(Tensor::from_vec(
-            self.apply(&image),
-            (3, crop, crop),
-            device,
-        )?)
-    }
 }
 
 #[cfg(test)]
@@ -191,6 +219,17 @@ mod tests {
         assert_eq!(crop_offset(256, 224), 16);
         assert_eq!(crop_offset(257, 224), 16); // round(16.5) == 16 in Python
         assert_eq!(crop_offset(259, 224), 18); // round(17.5) == 18
+    }
+
+    #[test]
+    fn crop_region_is_the_centre_part_the_network_sees() {
+        let square = Preprocessing::default().crop_region(640, 640);
+        assert_eq!(square.left, 16.0 / 256.0);
+        assert_eq!(square.width, 224.0 / 256.0);
+        let wide = Preprocessing::default().crop_region(1000, 600); // resized to 426 x 256
+        assert_eq!(wide.left, 101.0 / 426.0);
+        assert_eq!(wide.top, 16.0 / 256.0);
+        assert_eq!(wide.height, 224.0 / 256.0);
     }
 
     #[test]
