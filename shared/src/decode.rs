@@ -47,6 +47,22 @@ fn decode_with<D: ImageDecoder>(mut decoder: D) -> Result<DynamicImage> {
     DynamicImage::from_decoder(decoder).map_err(decode_error)
 }
 
+/// How far before the end of a JPEG file its end-of-image marker may sit (some writers pad).
+const JPEG_TAIL: usize = 64;
+
+/// The JPEG decoder fills a cut-off file with grey and reports success; a radiograph missing
+/// its lower half must be refused instead. Complete files end with the end-of-image marker.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
+    let tail = &bytes[bytes.len().saturating_sub(JPEG_TAIL)..];
+    if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err(Error::Decode(
+            "the JPEG file is truncated (no end-of-image marker)".into(),
+        ))
+    }
+}
+
 /// Decodes a PNG (8 or 16 bit; gray, gray+alpha, RGB, RGBA) or JPEG (gray, RGB) into RGB in
 /// [0, 1]. Gray is replicated into three channels; alpha is dropped, as PIL's `convert("RGB")` does.
 pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb32FImage> {
@@ -58,6 +74,7 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb32FImage> {
             decode_with(PngDecoder::new(Cursor::new(bytes)).map_err(decode_error)?)?
         }
         Ok(ImageFormat::Jpeg) => {
+            check_jpeg_complete(bytes)?;
             decode_with(JpegDecoder::new(Cursor::new(bytes)).map_err(decode_error)?)?
         }
         _ => return Err(Error::UnsupportedFormat),

@@ -49,6 +49,19 @@ fn truncated_png_and_jpeg_are_rejected() {
     }
 }
 
+/// The JPEG decoder pads a cut-off file with grey and succeeds; a real radiograph cut anywhere
+/// must still be refused.
+#[test]
+fn truncated_real_radiograph_is_rejected() {
+    let path = pneumoscope_tests::shared_data_dir().join("covid19-kaggle/test/Covid/0100.jpeg");
+    let bytes = std::fs::read(&path).expect("the shared data set is beside the repository");
+    assert!(decode_rgb(&bytes).is_ok());
+    for keep in [2000, bytes.len() / 2, bytes.len() - 10] {
+        let err = decode_rgb(&bytes[..keep]).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "kept {keep}: {err}");
+    }
+}
+
 #[test]
 fn corrupt_png_is_rejected() {
     let mut bytes = gray_png();
