@@ -1,0 +1,790 @@
+//! The page: loading the model, taking images in, showing what the model says and where it looked.
+//! All inference happens in the worker (`inference.rs`); this thread only draws.
+
+use std::sync::Arc;
+
+use js_sys::{Array, Uint8Array};
+use leptos::ev;
+use leptos::prelude::*;
+use pneumoscope::ModelCard;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{HtmlInputElement, MessageEvent, Worker};
+
+use crate::card_panel::CardPanel;
+use crate::heatmap;
+use crate::protocol::{FromWorker, ImageResult, ToWorker};
+use crate::report::{self, Row};
+
+/// Files above this size are refused before they are read: no radiograph is this large, and
+/// reading one would stall the tab.
+pub const MAX_FILE_BYTES: f64 = 200.0 * 1024.0 * 1024.0;
+
+/// The worker's loader script, written by trunk beside the page.
+const WORKER_URL: &str = "./worker_loader.js";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelState {
+    Loading { loaded: u64, total: Option<u64> },
+    Ready(Arc<ModelCard>),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Reading,
+    Queued,
+    Running,
+    Done(Arc<ImageResult>),
+    Failed(String),
+}
+
+impl Status {
+    fn name(&self) -> &'static str {
+        match self {
+            Status::Reading => "reading",
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Done(_) => "done",
+            Status::Failed(_) => "error",
+        }
+    }
+}
+
+/// One image the user gave the page.
+#[derive(Debug, Clone)]
+pub struct Item {
+    id: u32,
+    name: String,
+    /// A `blob:` URL of the file itself: the thumbnail never leaves the browser either.
+    thumbnail: String,
+    status: RwSignal<Status>,
+    /// The class whose evidence the heat map shows; `None` means the top class.
+    heatmap_class: RwSignal<Option<usize>>,
+    /// Show the probabilities of an image the gate flagged.
+    reveal: RwSignal<bool>,
+}
+
+/// A message for the worker and the image buffer that travels with it.
+type Outgoing = (ToWorker, Option<JsValue>);
+
+/// Everything the worker's messages update.
+#[derive(Clone, Copy)]
+struct Page {
+    model: RwSignal<ModelState>,
+    items: RwSignal<Vec<Item>>,
+    worker: StoredValue<Option<Worker>, LocalStorage>,
+    /// Messages for a worker that has not booted yet: it would drop them.
+    unsent: StoredValue<Option<Vec<Outgoing>>, LocalStorage>,
+    next_id: StoredValue<u32>,
+}
+
+pub fn mount() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(App);
+}
+
+fn js_message(error: &JsValue) -> String {
+    error
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| error.as_string())
+        .unwrap_or_else(|| "unknown error".into())
+}
+
+impl Page {
+    fn item(&self, id: u32) -> Option<Item> {
+        self.items
+            .with_untracked(|items| items.iter().find(|i| i.id == id).cloned())
+    }
+
+    fn set_status(&self, id: u32, status: Status) {
+        if let Some(item) = self.item(id) {
+            item.status.set(status);
+        }
+    }
+
+    fn on_message(&self, message: FromWorker) {
+        match message {
+            FromWorker::Booted => {
+                let waiting = self.unsent.try_update_value(Option::take).flatten();
+                self.worker.with_value(|worker| {
+                    if let Some(worker) = worker {
+                        send(worker, &ToWorker::Load, None);
+                        for (message, buffer) in waiting.unwrap_or_default() {
+                            send(worker, &message, buffer.as_ref());
+                        }
+                    }
+                });
+            }
+            FromWorker::LoadProgress { loaded, total } => {
+                self.model.set(ModelState::Loading { loaded, total })
+            }
+            FromWorker::Ready { card } => {
+                self.model.set(ModelState::Ready(Arc::new(*card)));
+                register_service_worker();
+            }
+            FromWorker::LoadFailed { message } => self.model.set(ModelState::Failed(message)),
+            FromWorker::Started { id } => self.set_status(id, Status::Running),
+            FromWorker::Classified { id, result } => {
+                self.set_status(id, Status::Done(Arc::new(result)))
+            }
+            FromWorker::Failed { id, message } => self.set_status(id, Status::Failed(message)),
+        }
+    }
+
+    /// A worker that traps (out of memory, say) cannot be trusted again: the images it held are
+    /// marked failed and a fresh worker loads the model again.
+    fn on_worker_crash(&self, detail: String) {
+        self.items.with_untracked(|items| {
+            for item in items {
+                let pending = matches!(
+                    item.status.get_untracked(),
+                    Status::Queued | Status::Running
+                );
+                if pending {
+                    item.status.set(Status::Failed(format!(
+                        "the inference worker stopped ({detail}); add the image again"
+                    )));
+                }
+            }
+        });
+        self.worker.update_value(|worker| {
+            if let Some(worker) = worker.take() {
+                worker.terminate();
+            }
+        });
+        self.start_worker();
+    }
+
+    fn start_worker(&self) {
+        let page = *self;
+        let worker = match Worker::new(WORKER_URL) {
+            Ok(worker) => worker,
+            Err(error) => {
+                self.model.set(ModelState::Failed(format!(
+                    "could not start the inference worker: {}",
+                    js_message(&error)
+                )));
+                return;
+            }
+        };
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+            let text = event.data().as_string().unwrap_or_default();
+            match serde_json::from_str::<FromWorker>(&text) {
+                Ok(message) => page.on_message(message),
+                Err(error) => web_sys::console::error_1(&error.to_string().into()),
+            }
+        });
+        let on_error =
+            Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |event: web_sys::ErrorEvent| {
+                page.on_worker_crash(event.message())
+            });
+        worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        on_message.forget();
+        on_error.forget();
+        self.model.set(ModelState::Loading {
+            loaded: 0,
+            total: None,
+        });
+        self.unsent.set_value(Some(Vec::new()));
+        self.worker.set_value(Some(worker));
+    }
+
+    /// Sends now, or once the worker has booted.
+    fn post(&self, message: ToWorker, buffer: Option<JsValue>) -> Result<(), String> {
+        let mut queued = false;
+        self.unsent.update_value(|unsent| {
+            if let Some(unsent) = unsent {
+                unsent.push((message.clone(), buffer.clone()));
+                queued = true;
+            }
+        });
+        if queued {
+            return Ok(());
+        }
+        self.worker.with_value(|worker| match worker {
+            Some(worker) => {
+                send(worker, &message, buffer.as_ref());
+                Ok(())
+            }
+            None => Err("no inference worker is running".to_string()),
+        })
+    }
+
+    fn add_files(&self, files: Vec<web_sys::File>) {
+        for file in files {
+            let id = self.next_id.get_value();
+            self.next_id.set_value(id + 1);
+            let item = Item {
+                id,
+                name: file.name(),
+                thumbnail: web_sys::Url::create_object_url_with_blob(&file).unwrap_or_default(),
+                status: RwSignal::new(Status::Reading),
+                heatmap_class: RwSignal::new(None),
+                reveal: RwSignal::new(false),
+            };
+            self.items.update(|items| items.push(item.clone()));
+            if file.size() > MAX_FILE_BYTES {
+                item.status.set(Status::Failed(format!(
+                    "the file is {:.0} MB, over the {:.0} MB limit",
+                    file.size() / 1048576.0,
+                    MAX_FILE_BYTES / 1048576.0
+                )));
+                continue;
+            }
+            let page = *self;
+            wasm_bindgen_futures::spawn_local(async move {
+                match JsFuture::from(file.array_buffer()).await {
+                    Ok(buffer) => {
+                        item.status.set(Status::Queued);
+                        if let Err(message) = page.post(ToWorker::Classify { id }, Some(buffer)) {
+                            item.status.set(Status::Failed(message));
+                        }
+                    }
+                    Err(error) => item.status.set(Status::Failed(format!(
+                        "could not read the file: {}",
+                        js_message(&error)
+                    ))),
+                }
+            });
+        }
+    }
+
+    fn clear(&self) {
+        self.items.update(|items| {
+            for item in items.drain(..) {
+                let _ = web_sys::Url::revoke_object_url(&item.thumbnail);
+            }
+        });
+    }
+}
+
+/// Posts a message, transferring the image's buffer (no copy) when there is one.
+fn send(worker: &Worker, message: &ToWorker, buffer: Option<&JsValue>) {
+    let parts = Array::of1(&JsValue::from_str(&message.to_json()));
+    let transfer = Array::new();
+    if let Some(buffer) = buffer {
+        parts.push(&Uint8Array::new(buffer));
+        transfer.push(buffer);
+    }
+    if let Err(error) = worker.post_message_with_transfer(&parts, &transfer) {
+        web_sys::console::error_1(&error);
+    }
+}
+
+/// The service worker keeps the app and the weights for offline use; registered once the model
+/// has loaded, so its copy of the weights comes from the browser's cache, not a second download.
+fn register_service_worker() {
+    let Some(window) = web_sys::window() else {
+        return;
+    };
+    if !window.is_secure_context() {
+        return;
+    }
+    let promise = window.navigator().service_worker().register("./sw.js");
+    wasm_bindgen_futures::spawn_local(async move {
+        if let Err(error) = JsFuture::from(promise).await {
+            web_sys::console::warn_1(&error);
+        }
+    });
+}
+
+fn file_list(list: Option<web_sys::FileList>) -> Vec<web_sys::File> {
+    list.map(|list| (0..list.length()).filter_map(|i| list.get(i)).collect())
+        .unwrap_or_default()
+}
+
+fn percent(p: f32) -> String {
+    format!("{:.1}%", p * 100.0)
+}
+
+/// Saves `text` as a file through a `blob:` link: nothing is sent anywhere.
+fn download(name: &str, text: &str) -> Result<(), JsValue> {
+    let options = web_sys::BlobPropertyBag::new();
+    options.set_type("text/csv");
+    let blob = web_sys::Blob::new_with_str_sequence_and_options(
+        &Array::of1(&JsValue::from_str(text)),
+        &options,
+    )?;
+    let url = web_sys::Url::create_object_url_with_blob(&blob)?;
+    let document = web_sys::window()
+        .and_then(|w| w.document())
+        .ok_or("no document")?;
+    let link: web_sys::HtmlAnchorElement = document.create_element("a")?.unchecked_into();
+    link.set_href(&url);
+    link.set_download(name);
+    link.click();
+    web_sys::Url::revoke_object_url(&url)
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    let page = Page {
+        model: RwSignal::new(ModelState::Loading {
+            loaded: 0,
+            total: None,
+        }),
+        items: RwSignal::new(Vec::new()),
+        worker: StoredValue::new_local(None),
+        unsent: StoredValue::new_local(None),
+        next_id: StoredValue::new(0),
+    };
+    page.start_worker();
+    let classes = Memo::new(move |_| match page.model.get() {
+        ModelState::Ready(card) => card.classes.clone(),
+        _ => Vec::new(),
+    });
+    let show_heatmap = RwSignal::new(true);
+    let opacity = RwSignal::new(0.6f64);
+
+    let paste = window_event_listener(ev::paste, move |event| {
+        let files = file_list(event.clipboard_data().and_then(|data| data.files()));
+        if !files.is_empty() {
+            event.prevent_default();
+            page.add_files(files);
+        }
+    });
+    on_cleanup(move || paste.remove());
+
+    view! {
+        <header>
+            <h1>"Pneumoscope"</h1>
+            <p class="tagline">
+                "Chest X-ray classification that runs entirely in your browser. "
+                "Images never leave this device."
+            </p>
+            <p class="disclaimer" data-testid="disclaimer">
+                "A research tool, not a diagnostic device. Do not use it for clinical decisions."
+            </p>
+        </header>
+        <main>
+            <ModelStatus model=page.model />
+            <DropZone page=page />
+            <Controls show_heatmap=show_heatmap opacity=opacity page=page classes=classes />
+            <section class="results" data-testid="results">
+                <For each=move || page.items.get() key=|item| item.id let:item>
+                    <ItemView item=item classes=classes show_heatmap=show_heatmap opacity=opacity />
+                </For>
+            </section>
+            <BatchTable page=page classes=classes />
+            {move || match page.model.get() {
+                ModelState::Ready(card) => view! { <CardPanel card=card /> }.into_any(),
+                _ => ().into_any(),
+            }}
+        </main>
+    }
+}
+
+#[component]
+fn ModelStatus(model: RwSignal<ModelState>) -> impl IntoView {
+    let state = move || match model.get() {
+        ModelState::Loading { .. } => "loading",
+        ModelState::Ready(_) => "ready",
+        ModelState::Failed(_) => "error",
+    };
+    view! {
+        <section class="model-status" data-testid="model-status" data-state=state>
+            {move || match model.get() {
+                ModelState::Loading { loaded, total } => {
+                    let mb = |b: u64| b as f64 / 1_048_576.0;
+                    let text = match total {
+                        Some(total) => format!("Loading the model: {:.1} of {:.1} MB", mb(loaded), mb(total)),
+                        None => format!("Loading the model: {:.1} MB", mb(loaded)),
+                    };
+                    view! {
+                        <progress max=total.unwrap_or(0) as f64 value=loaded as f64></progress>
+                        <span>{text}</span>
+                    }
+                        .into_any()
+                }
+                ModelState::Ready(card) => {
+                    view! {
+                        <span class="ok">
+                            {format!(
+                                "Model ready: {} ({} classes), checked against its card (SHA-256).",
+                                card.name,
+                                card.classes.len(),
+                            )}
+                        </span>
+                    }
+                        .into_any()
+                }
+                ModelState::Failed(message) => {
+                    view! {
+                        <div class="error" role="alert">
+                            <strong>"The model could not be loaded. "</strong>
+                            {message}
+                        </div>
+                    }
+                        .into_any()
+                }
+            }}
+        </section>
+    }
+}
+
+#[component]
+fn DropZone(page: Page) -> impl IntoView {
+    let dragging = RwSignal::new(false);
+    view! {
+        <section
+            class="drop-zone"
+            class:dragging=move || dragging.get()
+            on:dragover=move |event: ev::DragEvent| {
+                event.prevent_default();
+                dragging.set(true);
+            }
+            on:dragleave=move |_| dragging.set(false)
+            on:drop=move |event: ev::DragEvent| {
+                event.prevent_default();
+                dragging.set(false);
+                page.add_files(file_list(event.data_transfer().and_then(|d| d.files())));
+            }
+        >
+            <p>"Drop chest radiographs (PNG or JPEG) here, paste them, or"</p>
+            <label class="button">
+                "Choose files"
+                <input
+                    type="file"
+                    multiple=true
+                    accept="image/png,image/jpeg"
+                    data-testid="file-input"
+                    on:change=move |event| {
+                        let input: HtmlInputElement = event_target(&event);
+                        page.add_files(file_list(input.files()));
+                        input.set_value("");
+                    }
+                />
+            </label>
+        </section>
+    }
+}
+
+#[component]
+fn Controls(
+    show_heatmap: RwSignal<bool>,
+    opacity: RwSignal<f64>,
+    page: Page,
+    classes: Memo<Vec<String>>,
+) -> impl IntoView {
+    let export = move |_| {
+        let items = page.items.get_untracked();
+        let statuses: Vec<Status> = items.iter().map(|i| i.status.get_untracked()).collect();
+        let rows: Vec<Row> = items
+            .iter()
+            .zip(&statuses)
+            .filter_map(|(item, status)| match status {
+                Status::Done(result) => Some(Row {
+                    file: &item.name,
+                    outcome: Ok(result),
+                }),
+                Status::Failed(message) => Some(Row {
+                    file: &item.name,
+                    outcome: Err(message),
+                }),
+                _ => None,
+            })
+            .collect();
+        let text = report::csv(&classes.get_untracked(), &rows);
+        if let Err(error) = download("pneumoscope-results.csv", &text) {
+            web_sys::console::error_1(&error);
+        }
+    };
+    view! {
+        <section class="controls">
+            <label>
+                <input
+                    type="checkbox"
+                    data-testid="heatmap-toggle"
+                    prop:checked=move || show_heatmap.get()
+                    on:change=move |event| {
+                        let input: HtmlInputElement = event_target(&event);
+                        show_heatmap.set(input.checked());
+                    }
+                />
+                " Heat map"
+            </label>
+            <label>
+                "Opacity "
+                <input
+                    type="range"
+                    min="0"
+                    max="1"
+                    step="0.05"
+                    data-testid="heatmap-opacity"
+                    prop:value=move || opacity.get().to_string()
+                    on:input=move |event| {
+                        if let Ok(value) = event_target_value(&event).parse() {
+                            opacity.set(value);
+                        }
+                    }
+                />
+            </label>
+            <button data-testid="download-csv" on:click=export>
+                "Download CSV"
+            </button>
+            <button on:click=move |_| page.clear()>"Clear"</button>
+        </section>
+    }
+}
+
+#[component]
+fn HeatMap(
+    result: Arc<ImageResult>,
+    class: Signal<usize>,
+    show: RwSignal<bool>,
+    opacity: RwSignal<f64>,
+) -> impl IntoView {
+    let canvas = NodeRef::<leptos::html::Canvas>::new();
+    let (width, height) = (result.cam_width, result.cam_height);
+    let crop = result.crop;
+    let maps = result.clone();
+    Effect::new(move |_| {
+        let (Some(canvas), Some(map)) = (canvas.get(), maps.cams.get(class.get())) else {
+            return;
+        };
+        let pixels = heatmap::rgba(map);
+        let drawn = canvas
+            .get_context("2d")
+            .ok()
+            .flatten()
+            .map(|ctx| ctx.unchecked_into::<web_sys::CanvasRenderingContext2d>())
+            .zip(
+                web_sys::ImageData::new_with_u8_clamped_array_and_sh(
+                    wasm_bindgen::Clamped(&pixels),
+                    width as u32,
+                    height as u32,
+                )
+                .ok(),
+            )
+            .map(|(ctx, image)| ctx.put_image_data(&image, 0.0, 0.0));
+        if !matches!(drawn, Some(Ok(()))) {
+            web_sys::console::warn_1(&"could not draw the heat map".into());
+        }
+    });
+    view! {
+        <canvas
+            class="heatmap"
+            data-testid="heatmap"
+            node_ref=canvas
+            width=width
+            height=height
+            style:left=format!("{}%", crop.left * 100.0)
+            style:top=format!("{}%", crop.top * 100.0)
+            style:width=format!("{}%", crop.width * 100.0)
+            style:height=format!("{}%", crop.height * 100.0)
+            style:opacity=move || opacity.get().to_string()
+            style:display=move || if show.get() { "block" } else { "none" }
+        ></canvas>
+    }
+}
+
+#[component]
+fn Probabilities(
+    probabilities: Vec<f32>,
+    top: usize,
+    classes: Vec<String>,
+    heatmap_class: RwSignal<Option<usize>>,
+) -> impl IntoView {
+    let selected = move || heatmap_class.get().unwrap_or(top);
+    probabilities
+        .into_iter()
+        .zip(classes)
+        .enumerate()
+        .map(|(class, (p, name))| {
+            let label = name.clone();
+            view! {
+                <button
+                    class="bar"
+                    class:top=class == top
+                    class:selected=move || selected() == class
+                    title="Show the evidence for this class"
+                    data-testid="probability"
+                    data-class=name
+                    data-value=p.to_string()
+                    on:click=move |_| heatmap_class.set(Some(class))
+                >
+                    <span class="label">{label}</span>
+                    <span class="track">
+                        <span class="fill" style:width=format!("{}%", p * 100.0)></span>
+                    </span>
+                    <span class="value">{percent(p)}</span>
+                </button>
+            }
+        })
+        .collect_view()
+}
+
+#[component]
+fn Outcome(result: Arc<ImageResult>, classes: Vec<String>, item: Item) -> impl IntoView {
+    let top_name = classes.get(result.top).cloned().unwrap_or_default();
+    let flagged = result.flagged();
+    let (reveal, heatmap_class) = (item.reveal, item.heatmap_class);
+    let millis = format!("{:.0} ms", result.millis);
+    let details = {
+        let (probabilities, top) = (result.probabilities.clone(), result.top);
+        move || {
+            view! {
+                <div class="probabilities">
+                    <Probabilities
+                        probabilities=probabilities.clone()
+                        top=top
+                        classes=classes.clone()
+                        heatmap_class=heatmap_class
+                    />
+                </div>
+            }
+        }
+    };
+    let verdict = if flagged {
+        view! {
+            <div class="ood-warning" role="alert" data-testid="ood-warning">
+                <strong>"This does not look like a chest X-ray of the kind the model was trained on."</strong>
+                " No diagnosis is shown. "
+                <button on:click=move |_| reveal.update(|r| *r = !*r)>
+                    {move || if reveal.get() { "Hide probabilities" } else { "Show probabilities anyway" }}
+                </button>
+            </div>
+        }
+        .into_any()
+    } else {
+        view! {
+            <p class="top" data-testid="top-class">
+                {top_name}
+                " "
+                <span class="confidence">{percent(result.probabilities[result.top])}</span>
+            </p>
+        }
+        .into_any()
+    };
+    view! {
+        {verdict}
+        <Show when=move || !flagged || reveal.get()>{details.clone()}</Show>
+        <p class="time">{millis}</p>
+    }
+}
+
+#[component]
+fn ItemView(
+    item: Item,
+    classes: Memo<Vec<String>>,
+    show_heatmap: RwSignal<bool>,
+    opacity: RwSignal<f64>,
+) -> impl IntoView {
+    let status = item.status;
+    let probabilities = move || match status.get() {
+        Status::Done(result) => serde_json::to_string(&result.probabilities).ok(),
+        _ => None,
+    };
+    let heatmap = {
+        let item = item.clone();
+        move || match status.get() {
+            // An image the gate flags gets no heat map unless the user asks for its details.
+            Status::Done(result) if !result.flagged() || item.reveal.get() => {
+                let top = result.top;
+                let class = Signal::derive(move || item.heatmap_class.get().unwrap_or(top));
+                view! { <HeatMap result=result class=class show=show_heatmap opacity=opacity /> }
+                    .into_any()
+            }
+            _ => ().into_any(),
+        }
+    };
+    let body = {
+        let item = item.clone();
+        move || match status.get() {
+            Status::Reading => view! { <p class="pending">"Reading…"</p> }.into_any(),
+            Status::Queued => view! { <p class="pending">"Waiting…"</p> }.into_any(),
+            Status::Running => view! { <p class="pending">"Classifying…"</p> }.into_any(),
+            Status::Failed(message) => {
+                view! { <p class="error" data-testid="item-error">{message}</p> }.into_any()
+            }
+            Status::Done(result) => {
+                view! { <Outcome result=result classes=classes.get() item=item.clone() /> }
+                    .into_any()
+            }
+        }
+    };
+    let millis = move || match status.get() {
+        Status::Done(result) => Some(result.millis.to_string()),
+        _ => None,
+    };
+    let failed = move || matches!(status.get(), Status::Failed(_));
+    view! {
+        <article
+            class="item"
+            data-testid="result"
+            data-name=item.name.clone()
+            data-status=move || status.get().name()
+            data-probabilities=probabilities
+            data-millis=millis
+        >
+            <div class="figure" class:hidden=failed>
+                <img src=item.thumbnail.clone() alt=format!("radiograph {}", item.name) />
+                {heatmap}
+            </div>
+            <div class="details">
+                <h3 title=item.name.clone()>{item.name.clone()}</h3>
+                {body}
+            </div>
+        </article>
+    }
+}
+
+#[component]
+fn BatchTable(page: Page, classes: Memo<Vec<String>>) -> impl IntoView {
+    let rows = move || {
+        page.items
+            .get()
+            .into_iter()
+            .map(|item| {
+                let cells = move || match item.status.get() {
+                    Status::Done(result) => {
+                        let prediction = if result.flagged() {
+                            "not a chest X-ray of the trained kind".to_string()
+                        } else {
+                            classes.get().get(result.top).cloned().unwrap_or_default()
+                        };
+                        let mut cells = vec![prediction];
+                        cells.extend(result.probabilities.iter().map(|&p| percent(p)));
+                        cells.push(format!("{:.0}", result.millis));
+                        cells
+                    }
+                    other => {
+                        let mut cells = vec![match other {
+                            Status::Failed(message) => format!("error: {message}"),
+                            pending => pending.name().to_string(),
+                        }];
+                        cells.extend(std::iter::repeat_n(String::new(), classes.get().len() + 1));
+                        cells
+                    }
+                };
+                view! {
+                    <tr>
+                        <td>{item.name.clone()}</td>
+                        {move || cells().into_iter().map(|c| view! { <td>{c}</td> }).collect_view()}
+                    </tr>
+                }
+            })
+            .collect_view()
+    };
+    view! {
+        <Show when=move || !page.items.with(Vec::is_empty)>
+            <section class="batch">
+                <h2>"Batch"</h2>
+                <table data-testid="batch-table">
+                    <thead>
+                        <tr>
+                            <th>"File"</th>
+                            <th>"Prediction"</th>
+                            {move || classes.get().into_iter().map(|c| view! { <th>{c}</th> }).collect_view()}
+                            <th>"ms"</th>
+                        </tr>
+                    </thead>
+                    <tbody>{rows}</tbody>
+                </table>
+            </section>
+        </Show>
+    }
+}

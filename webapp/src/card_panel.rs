@@ -1,0 +1,127 @@
+//! The model card panel: what the model is, what it was trained on, how it did, and its limits.
+
+use std::sync::Arc;
+
+use leptos::prelude::*;
+use pneumoscope::card::Evaluation;
+use pneumoscope::ModelCard;
+
+fn score(value: f64) -> String {
+    format!("{value:.3}")
+}
+
+#[component]
+fn EvaluationView(evaluation: Evaluation) -> impl IntoView {
+    let report = evaluation.report.clone();
+    let rows = report
+        .labels
+        .iter()
+        .zip(&report.per_class)
+        .map(|(label, scores)| {
+            view! {
+                <tr>
+                    <td>{label.clone()}</td>
+                    <td>{score(scores.precision)}</td>
+                    <td>{score(scores.recall)}</td>
+                    <td>{score(scores.f1)}</td>
+                    <td>{scores.support}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    let calibration = evaluation.calibration.map(|c| {
+        format!(
+            "Calibration (T = {:.2}): ECE {:.3} → {:.3}, Brier {:.3} → {:.3} (before → after temperature scaling).",
+            c.temperature, c.ece_15_bins_before, c.ece_15_bins_after, c.brier_before, c.brier_after
+        )
+    });
+    let gate = evaluation
+        .gate_flagged_rate
+        .map(|r| format!("Flagged as out of distribution: {:.1}%.", r * 100.0));
+    view! {
+        <div class="evaluation" data-testid="evaluation">
+            <h4>{evaluation.name.clone()}</h4>
+            <p>{format!("Accuracy {:.3} on {} images.", report.accuracy, report.weighted_avg.support)}</p>
+            <table>
+                <thead>
+                    <tr>
+                        <th></th>
+                        <th>"precision"</th>
+                        <th>"recall"</th>
+                        <th>"f1-score"</th>
+                        <th>"support"</th>
+                    </tr>
+                </thead>
+                <tbody>{rows}</tbody>
+            </table>
+            {calibration.map(|text| view! { <p>{text}</p> })}
+            {gate.map(|text| view! { <p>{text}</p> })}
+        </div>
+    }
+}
+
+#[component]
+pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
+    let training = card.training.as_ref().map(|training| {
+        let counts = training
+            .data
+            .per_class
+            .iter()
+            .map(|(class, n)| format!("{class} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        view! {
+            <p>
+                {format!(
+                    "Trained on {} images ({counts}) from {}; initialisation: {}; best validation accuracy {:.3} at epoch {} of {}.",
+                    training.data.files,
+                    training.data.root,
+                    training.initialization,
+                    training.best_validation_accuracy,
+                    training.best_epoch,
+                    training.epochs_completed,
+                )}
+            </p>
+            <p class="hash">{format!("Data content SHA-256: {}", training.data.content_sha256)}</p>
+        }
+    });
+    let gate = card.ood_gate.as_ref().map(|gate| {
+        format!(
+            "Out-of-distribution gate: {} over {} dimensions, threshold {:.1} (accepts {:.0}% of held-out training-kind images).",
+            gate.method,
+            gate.dims,
+            gate.threshold,
+            gate.target_true_accept * 100.0
+        )
+    });
+    let temperature = card
+        .temperature
+        .map(|t| format!("Probabilities are calibrated by temperature scaling (T = {t:.2})."));
+    let evaluations = card
+        .evaluations
+        .iter()
+        .cloned()
+        .map(|evaluation| view! { <EvaluationView evaluation=evaluation /> })
+        .collect_view();
+    let limitations = card
+        .limitations
+        .iter()
+        .map(|l| view! { <li>{l.clone()}</li> })
+        .collect_view();
+    view! {
+        <details class="card-panel" data-testid="model-card" open=true>
+            <summary>"Model card: " {card.name.clone()}</summary>
+            <p class="disclaimer">"A research tool, not a diagnostic device."</p>
+            <p>{format!("Architecture: {}. Classes: {}.", card.architecture, card.classes.join(", "))}</p>
+            <p>{format!("Intended use: {}", card.intended_use)}</p>
+            {training}
+            {temperature.map(|t| view! { <p>{t}</p> })}
+            {gate.map(|g| view! { <p>{g}</p> })}
+            <h3>"Evaluation"</h3>
+            {evaluations}
+            <h3>"Known limits"</h3>
+            <ul>{limitations}</ul>
+            <p class="hash">{format!("Weights SHA-256: {}", card.weights.sha256)}</p>
+        </details>
+    }
+}

@@ -1,0 +1,253 @@
+//! The inference worker: it fetches and checks the model once, then classifies images one at a
+//! time, so the page stays responsive while a batch runs.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use candle_core::Device;
+use js_sys::{Array, Uint8Array};
+use pneumoscope::classifier::classifier_from_bytes;
+use pneumoscope::decode::decode_rgb;
+use pneumoscope::{Classifier, ModelCard};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{DedicatedWorkerGlobalScope, MessageEvent, Response};
+
+use crate::protocol::{FromWorker, ImageResult, ToWorker, CARD_URL};
+
+/// Images that arrive while the model is still loading wait here.
+enum State {
+    Loading(Vec<(u32, Vec<u8>)>),
+    Ready(Box<Classifier>),
+    Failed(String),
+}
+
+type Shared = Rc<RefCell<State>>;
+
+/// Installs the message handler; called once from the worker binary's `main`.
+pub fn run() {
+    console_error_panic_hook::set_once();
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let classifier: Shared = Rc::new(RefCell::new(State::Loading(Vec::new())));
+    let handler = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        handle(event.data(), &classifier);
+    });
+    scope.set_onmessage(Some(handler.as_ref().unchecked_ref()));
+    handler.forget(); // lives as long as the worker
+    post(&FromWorker::Booted);
+}
+
+fn post(message: &FromWorker) {
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    // Posting a string to our own page cannot fail short of the worker being torn down.
+    let _ = scope.post_message(&JsValue::from_str(&message.to_json()));
+}
+
+fn handle(data: JsValue, classifier: &Shared) {
+    let parts = Array::from(&data);
+    let message: Result<ToWorker, String> = parts
+        .get(0)
+        .as_string()
+        .ok_or_else(|| "message is not text".to_string())
+        .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()));
+    match message {
+        Ok(ToWorker::Load) => {
+            let classifier = classifier.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let next = match load().await {
+                    Ok((loaded, card)) => {
+                        post(&FromWorker::Ready {
+                            card: Box::new(card),
+                        });
+                        State::Ready(Box::new(loaded))
+                    }
+                    Err(message) => {
+                        post(&FromWorker::LoadFailed {
+                            message: message.clone(),
+                        });
+                        State::Failed(message)
+                    }
+                };
+                let waiting = std::mem::replace(&mut *classifier.borrow_mut(), next);
+                if let State::Loading(waiting) = waiting {
+                    for (id, bytes) in waiting {
+                        answer(&classifier.borrow(), id, &bytes);
+                    }
+                }
+            });
+        }
+        Ok(ToWorker::Classify { id }) => {
+            let bytes = Uint8Array::new(&parts.get(1)).to_vec();
+            match &mut *classifier.borrow_mut() {
+                State::Loading(waiting) => waiting.push((id, bytes)),
+                ready_or_failed => answer(ready_or_failed, id, &bytes),
+            }
+        }
+        Err(error) => web_sys::console::error_1(&format!("unreadable message: {error}").into()),
+    }
+}
+
+fn answer(state: &State, id: u32, bytes: &[u8]) {
+    post(&FromWorker::Started { id });
+    let outcome = match state {
+        State::Ready(classifier) => classify(classifier, bytes),
+        State::Failed(message) => Err(format!("no model to classify with: {message}")),
+        State::Loading(_) => Err("the model is still loading".into()),
+    };
+    post(&match outcome {
+        Ok(result) => FromWorker::Classified { id, result },
+        Err(message) => FromWorker::Failed { id, message },
+    });
+}
+
+fn now_ms() -> f64 {
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    scope.performance().map(|p| p.now()).unwrap_or_default()
+}
+
+fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String> {
+    let start = now_ms();
+    let image = decode_rgb(bytes).map_err(|e| e.to_string())?;
+    let prediction = classifier
+        .classify_image(&image)
+        .map_err(|e| e.to_string())?;
+    let cams = (0..classifier.classes().len())
+        .map(|class| prediction.cams.normalized(class))
+        .collect();
+    Ok(ImageResult {
+        width: image.width(),
+        height: image.height(),
+        top: prediction.top,
+        probabilities: prediction.probabilities,
+        cams,
+        cam_height: prediction.cams.height,
+        cam_width: prediction.cams.width,
+        crop: classifier
+            .preprocessing()
+            .crop_region(image.width(), image.height()),
+        in_distribution: prediction.in_distribution,
+        ood_score: prediction.ood_score,
+        millis: now_ms() - start,
+    })
+}
+
+fn js_error(context: &str, error: JsValue) -> String {
+    let detail = error
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| error.as_string())
+        .unwrap_or_else(|| format!("{error:?}"));
+    format!("{context}: {detail}")
+}
+
+async fn fetch(url: &str) -> Result<Response, String> {
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let response: Response = JsFuture::from(scope.fetch_with_str(url))
+        .await
+        .map_err(|e| js_error(&format!("could not fetch {url}"), e))?
+        .unchecked_into();
+    if !response.ok() {
+        return Err(format!(
+            "{url} is missing (HTTP {} {}): this copy of the page was built without a model",
+            response.status(),
+            response.status_text()
+        ));
+    }
+    Ok(response)
+}
+
+/// Only a plain file name beside the page: the card must not send the page to another origin.
+fn same_origin_file(name: &str) -> Result<&str, String> {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.starts_with('.');
+    if plain {
+        Ok(name)
+    } else {
+        Err(format!(
+            "the model card names `{name}` as its weights; only a file beside the page is allowed"
+        ))
+    }
+}
+
+/// Reads a response body chunk by chunk, reporting progress.
+async fn read_with_progress(response: Response) -> Result<Vec<u8>, String> {
+    let total = response
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = response
+        .body()
+        .ok_or_else(|| "the weights response has no body".to_string())?;
+    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut bytes = Vec::with_capacity(total.unwrap_or(0) as usize);
+    let mut reported = 0u64;
+    loop {
+        let chunk = JsFuture::from(reader.read())
+            .await
+            .map_err(|e| js_error("downloading the weights failed", e))?;
+        let done = js_sys::Reflect::get(&chunk, &"done".into())
+            .map(|v| v.is_truthy())
+            .unwrap_or(true);
+        if done {
+            break;
+        }
+        let value = js_sys::Reflect::get(&chunk, &"value".into())
+            .map_err(|e| js_error("downloading the weights failed", e))?;
+        bytes.extend_from_slice(&Uint8Array::new(&value).to_vec());
+        let loaded = bytes.len() as u64;
+        if loaded - reported >= 1 << 20 {
+            reported = loaded;
+            post(&FromWorker::LoadProgress { loaded, total });
+        }
+    }
+    post(&FromWorker::LoadProgress {
+        loaded: bytes.len() as u64,
+        total,
+    });
+    Ok(bytes)
+}
+
+async fn load() -> Result<(Classifier, ModelCard), String> {
+    let card_text = JsFuture::from(
+        fetch(CARD_URL)
+            .await?
+            .text()
+            .map_err(|e| js_error("reading the model card", e))?,
+    )
+    .await
+    .map_err(|e| js_error("reading the model card", e))?
+    .as_string()
+    .unwrap_or_default();
+    let card = ModelCard::from_json(&card_text).map_err(|e| e.to_string())?;
+    let weights_url = same_origin_file(&card.weights.file)?;
+    let weights = read_with_progress(fetch(weights_url).await?).await?;
+    card.verify_weights(&weights).map_err(|e| e.to_string())?;
+    let classifier =
+        classifier_from_bytes(&weights, Some(&card), &Device::Cpu).map_err(|e| e.to_string())?;
+    Ok((classifier, card))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin_file;
+
+    #[test]
+    fn weights_must_sit_beside_the_page() {
+        assert!(same_origin_file("model.safetensors").is_ok());
+        for bad in [
+            "https://evil.example/model.safetensors",
+            "//evil.example/m",
+            "../model.safetensors",
+            "/model.safetensors",
+            "",
+            "a b",
+        ] {
+            assert!(same_origin_file(bad).is_err(), "{bad}");
+        }
+    }
+}

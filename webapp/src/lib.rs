@@ -1,0 +1,9 @@
+//! Pneumoscope's web page: a Leptos (client-side) app and the web worker that runs the model.
+//! Both are compiled to wasm by trunk from the root `index.html`.
+
+pub mod app;
+pub mod card_panel;
+pub mod heatmap;
+pub mod inference;
+pub mod protocol;
+pub mod report;

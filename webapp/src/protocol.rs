@@ -1,0 +1,87 @@
+//! Messages between the page and the inference worker. They travel as JSON strings; an image's
+//! bytes travel beside the message as a transferred `Uint8Array`, never inside it.
+
+use pneumoscope::preprocess::CropRegion;
+use pneumoscope::ModelCard;
+use serde::{Deserialize, Serialize};
+
+/// Where the page finds the model, relative to its own URL.
+pub const CARD_URL: &str = "model.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Fetch the card and the weights it names, check them and build the classifier.
+    Load,
+    /// Classify the image whose bytes accompany this message.
+    Classify { id: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// The worker's wasm is running and listening: messages sent before this would be lost.
+    Booted,
+    /// Bytes of the weights received so far; `total` when the server says.
+    LoadProgress {
+        loaded: u64,
+        total: Option<u64>,
+    },
+    Ready {
+        card: Box<ModelCard>,
+    },
+    LoadFailed {
+        message: String,
+    },
+    Started {
+        id: u32,
+    },
+    Classified {
+        id: u32,
+        result: ImageResult,
+    },
+    Failed {
+        id: u32,
+        message: String,
+    },
+}
+
+/// What the page shows for one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageResult {
+    pub width: u32,
+    pub height: u32,
+    /// Calibrated (temperature-scaled) probabilities, in the card's class order.
+    pub probabilities: Vec<f32>,
+    pub top: usize,
+    /// One class activation map per class, scaled to [0, 1], row-major `cam_height * cam_width`.
+    pub cams: Vec<Vec<f32>>,
+    pub cam_height: usize,
+    pub cam_width: usize,
+    /// The part of the image the network saw, where the maps belong.
+    pub crop: CropRegion,
+    /// The out-of-distribution gate's verdict, when the model has a gate.
+    pub in_distribution: Option<bool>,
+    pub ood_score: Option<f32>,
+    /// Decoding, preprocessing and the forward pass, in milliseconds.
+    pub millis: f64,
+}
+
+impl ImageResult {
+    /// Whether the page should withhold the diagnosis and show the out-of-distribution warning.
+    pub fn flagged(&self) -> bool {
+        self.in_distribution == Some(false)
+    }
+}
+
+impl ToWorker {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("worker messages always serialise")
+    }
+}
+
+impl FromWorker {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("worker messages always serialise")
+    }
+}
