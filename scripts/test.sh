@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README, CI): installs what a fresh machine lacks, then runs the
-# format check, clippy with warnings denied, every test, and the wasm32 build of the shared crate.
+# format check, clippy with warnings denied (native and wasm32), the wasm32 build of the shared
+# crate, every Rust test, and the browser test of the built page (scripts/test-browser.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,11 @@ echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== clippy, wasm32 (the page and its worker)"
+cargo clippy -p webapp --target wasm32-unknown-unknown --all-targets -- -D warnings
 echo "== wasm32 build of the shared crate"
 cargo build -p pneumoscope --target wasm32-unknown-unknown
 echo "== tests"
 cargo test --workspace
+echo "== the page in headless Chromium"
+bash scripts/test-browser.sh

@@ -1,0 +1,232 @@
+// The page in a real browser (headless Debian Chromium). Run by scripts/test-browser.sh, which
+// builds dist/ with a model and writes `trainer predict --json` for the same files to $EXPECTED.
+//
+//   DIST       the built page, model included
+//   EXPECTED   trainer predict --json output for $IMAGES
+//   IMAGES     images, separated by ":": radiographs, then images unlike them (for the gate)
+//   ARTIFACTS  where the screenshot goes
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { basename, join, resolve } from "node:path";
+import { tmpdir } from "node:os";
+import { serve, launch, modelState, finishedItems } from "./harness.mjs";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run scripts/test-browser.sh`);
+  return value;
+};
+const DIST = env("DIST");
+const IMAGES = env("IMAGES").split(":");
+const ARTIFACTS = env("ARTIFACTS");
+const expected = JSON.parse(await readFile(env("EXPECTED"), "utf8"));
+const card = JSON.parse(await readFile(join(DIST, "model.json"), "utf8"));
+const TOLERANCE = 1e-3;
+
+let server, browser, context, page;
+const requests = [];
+const images = await Promise.all(IMAGES.map((path) => readFile(path)));
+
+// Bad files that must fail on their own while the rest of the batch goes on.
+const scratch = join(tmpdir(), `pneumoscope-browser-${process.pid}`);
+await mkdir(scratch, { recursive: true });
+const bad = {
+  "truncated.jpeg": images.find((_, i) => IMAGES[i].endsWith(".jpeg")).subarray(0, 2000),
+  "empty.png": Buffer.alloc(0),
+  "notes.txt": Buffer.from("not an image at all\n"),
+};
+for (const [name, bytes] of Object.entries(bad)) await writeFile(join(scratch, name), bytes);
+
+function expectedFor(path) {
+  const entry = expected.find((e) => resolve(e.file) === resolve(path));
+  assert.ok(entry && entry.probabilities, `trainer predict has no result for ${path}`);
+  return card.classes.map((c) => entry.probabilities[c]);
+}
+
+function assertClose(actual, wanted, what) {
+  assert.equal(actual.length, wanted.length, `${what}: class count`);
+  actual.forEach((value, i) =>
+    assert.ok(
+      Math.abs(value - wanted[i]) <= TOLERANCE,
+      `${what}: class ${card.classes[i]} is ${value} in the browser, ${wanted[i]} natively`,
+    ),
+  );
+}
+
+before(async () => {
+  server = await serve(DIST);
+  browser = await launch();
+  context = await browser.newContext();
+  // Every request of the page, its worker and its service worker.
+  context.on("request", (request) =>
+    requests.push({ url: request.url(), method: request.method(), body: request.postDataBuffer() }),
+  );
+  page = await context.newPage();
+  page.on("pageerror", (error) => console.error("page error:", error));
+  await page.goto(server.origin);
+  assert.equal(await modelState(page), "ready", "the model did not load");
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+test("the page classifies radiographs exactly like trainer predict, bad files fail alone", async () => {
+  const files = [...IMAGES, ...Object.keys(bad).map((name) => join(scratch, name))];
+  await page.getByTestId("file-input").setInputFiles(files);
+  const items = await finishedItems(page, files.length);
+  assert.equal(items.length, files.length);
+  let worst = 0;
+  // Items appear in the order the files were given (names repeat across class folders).
+  for (const [index, path] of IMAGES.entries()) {
+    const item = items[index];
+    assert.equal(item.name, basename(path));
+    assert.equal(item.status, "done", `${path}: ${item.error}`);
+    const wanted = expectedFor(path);
+    assertClose(item.probabilities, wanted, `${path} (exact)`);
+    if (!item.flagged) assertClose(item.shown, wanted, `${path} (as displayed)`);
+    item.probabilities.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - wanted[i]))));
+  }
+  console.log(`largest |browser - native| probability difference: ${worst.toExponential(2)}`);
+  // The gate's verdict is the same on both sides, and a flagged image shows the warning instead
+  // of a diagnosis.
+  const flagged = IMAGES.filter((path, index) => {
+    const native = expected.find((e) => resolve(e.file) === resolve(path));
+    assert.equal(items[index].flagged, native.in_distribution === false, `${path}: gate verdict`);
+    return items[index].flagged;
+  });
+  assert.ok(flagged.length > 0, "no image was flagged: the warning path went untested");
+  console.log(`flagged by the gate: ${flagged.map((p) => basename(p)).join(", ")}`);
+  for (const [offset, name] of Object.keys(bad).entries()) {
+    const item = items[IMAGES.length + offset];
+    assert.equal(item.name, name);
+    assert.equal(item.status, "error", `${name} should have failed`);
+    assert.ok(item.error.length > 10, `${name}: the error says why`);
+  }
+});
+
+test("a heat map is drawn over each classified image", async () => {
+  const painted = await page.$$eval("[data-testid=heatmap]", (canvases) =>
+    canvases.map((canvas) => {
+      const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      let alpha = 0;
+      for (let i = 3; i < data.length; i += 4) alpha += data[i];
+      return { alpha, visible: getComputedStyle(canvas).display !== "none" };
+    }),
+  );
+  const unflagged = (await finishedItems(page, IMAGES.length)).filter((i) => i.status === "done" && !i.flagged);
+  assert.equal(painted.length, unflagged.length);
+  for (const canvas of painted) {
+    assert.ok(canvas.visible, "heat map hidden");
+    assert.ok(canvas.alpha > 0, "heat map is blank");
+  }
+  await page.getByTestId("heatmap-toggle").uncheck();
+  const hidden = await page.$$eval("[data-testid=heatmap]", (c) =>
+    c.every((canvas) => getComputedStyle(canvas).display === "none"),
+  );
+  assert.ok(hidden, "the toggle hides the heat maps");
+  await page.getByTestId("heatmap-toggle").check();
+});
+
+test("a flagged image hides its diagnosis until asked", async () => {
+  const item = page.locator("[data-testid=result]", { has: page.getByTestId("ood-warning") }).first();
+  await item.waitFor();
+  assert.equal(await item.getByTestId("top-class").count(), 0, "no diagnosis shown");
+  assert.equal(await item.getByTestId("probability").count(), 0, "probabilities hidden");
+  await item.getByRole("button", { name: "Show probabilities anyway" }).click();
+  assert.equal(await item.getByTestId("probability").count(), card.classes.length);
+  await item.getByRole("button", { name: "Hide probabilities" }).click();
+  assert.equal(await item.getByTestId("probability").count(), 0);
+});
+
+test("a file dropped on the page is classified too", async () => {
+  const before = await page.locator("[data-testid=result]").count();
+  const bytes = [...images[0]];
+  await page.evaluate(
+    ({ bytes, name }) => {
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([new Uint8Array(bytes)], name, { type: "image/jpeg" }));
+      const zone = document.querySelector(".drop-zone");
+      zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    },
+    { bytes, name: `dropped-${basename(IMAGES[0])}` },
+  );
+  const items = await finishedItems(page, before + 1);
+  const dropped = items.find((i) => i.name === `dropped-${basename(IMAGES[0])}`);
+  assert.equal(dropped.status, "done", dropped.error);
+  assertClose(dropped.probabilities, expectedFor(IMAGES[0]), "dropped file");
+});
+
+test("the screenshot is kept", async () => {
+  await mkdir(ARTIFACTS, { recursive: true });
+  const path = join(ARTIFACTS, "page.png");
+  await page.screenshot({ path, fullPage: true });
+  assert.ok((await readFile(path)).length > 10_000, "screenshot written");
+});
+
+test("every request goes to the page's origin and carries no body", async () => {
+  assert.ok(requests.length > 5, "requests were recorded");
+  const foreign = requests.filter((r) => new URL(r.url).origin !== server.origin);
+  assert.deepEqual(foreign, [], "requests to another origin");
+  const withBody = requests.filter((r) => r.method !== "GET" || (r.body && r.body.length > 0));
+  assert.deepEqual(withBody, [], "requests that send data");
+  // The server's own log agrees: nothing arrived with a body, and no image bytes in any URL.
+  assert.ok(server.log.every((r) => r.bodyBytes === 0 && r.method === "GET"));
+  const imageNames = IMAGES.map((p) => basename(p));
+  assert.ok(server.log.every((r) => !imageNames.some((n) => r.url.includes(n))));
+  // And the Content-Security-Policy would stop a request elsewhere if code ever tried one.
+  const violated = await page.evaluate(
+    () =>
+      new Promise((done) => {
+        document.addEventListener("securitypolicyviolation", (e) => done(e.effectiveDirective), { once: true });
+        fetch("https://example.invalid/upload", { method: "POST", body: "x" }).catch(() => {});
+        setTimeout(() => done(null), 5000);
+      }),
+  );
+  assert.equal(violated, "connect-src", "the page's CSP does not block other origins");
+});
+
+test("altered or missing weights are refused with a clear message", async () => {
+  // A fresh context has no service worker: the routes below answer instead of the server.
+  const fresh = await browser.newContext();
+  const original = await readFile(join(DIST, "model.safetensors"));
+  const altered = Buffer.from(original);
+  altered[altered.length - 1] ^= 0xff;
+  for (const [label, reply, message] of [
+    ["altered", (route) => route.fulfill({ body: altered }), /SHA-256/],
+    ["missing", (route) => route.fulfill({ status: 404, body: "not found" }), /missing|404/],
+  ]) {
+    const tab = await fresh.newPage();
+    await tab.route("**/model.safetensors", reply);
+    await tab.goto(server.origin);
+    assert.equal(await modelState(tab), "error", `${label} weights were accepted`);
+    const text = await tab.getByTestId("model-status").textContent();
+    assert.match(text, message, `${label}: ${text}`);
+    await tab.close();
+  }
+  await fresh.close();
+});
+
+// Last: it stops the server.
+test("with the network off, a reload still classifies (service worker)", async () => {
+  await page.evaluate(async () => {
+    const registration = await navigator.serviceWorker.ready;
+    // Wait until the install step has put everything in the cache.
+    while (!registration.active || registration.active.state !== "activated") {
+      await new Promise((ok) => setTimeout(ok, 100));
+    }
+  });
+  // Network off twice over: the browser is offline and the server is gone (the browser's own
+  // service-worker update check ignores the offline emulation).
+  await context.setOffline(true);
+  await server.close();
+  server = null;
+  await page.reload();
+  assert.equal(await modelState(page), "ready", "the model did not load offline");
+  await page.getByTestId("file-input").setInputFiles([IMAGES[1]]);
+  const [item] = await finishedItems(page, 1);
+  assert.equal(item.status, "done", item.error);
+  assertClose(item.probabilities, expectedFor(IMAGES[1]), "offline");
+});
