@@ -18,7 +18,6 @@ bash scripts/setup-web.sh
 cargo run --quiet -p pneumoscope-tests --bin write-test-model -- "$work/model"
 model_dir=${1:-$work/model}
 bash scripts/build-web.sh "$model_dir" "$work/dist"
-cargo build --quiet --release -p trainer
 
 data=$root/../shared/data/covid19-kaggle/test
 images=(
@@ -28,7 +27,7 @@ images=(
   "$root/$work/model/unlike/inverted.png" "$root/$work/model/unlike/pattern.png"
 )
 for image in "${images[@]}"; do [ -f "$image" ] || { echo "missing test image $image" >&2; exit 1; }; done
-target/release/trainer predict --weights "$work/dist/model.safetensors" --card "$work/dist/model.json" \
+cargo run --quiet --release -p trainer -- predict --weights "$work/dist/model.safetensors" --card "$work/dist/model.json" \
   --json "${images[@]}" > "$work/expected.json"
 
 joined=$(IFS=:; echo "${images[*]}")
