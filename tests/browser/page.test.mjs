@@ -141,22 +141,31 @@ test("a flagged image hides its diagnosis until asked", async () => {
   assert.equal(await item.getByTestId("probability").count(), 0);
 });
 
-test("a file dropped on the page is classified too", async () => {
+test("a file dropped on the page, or pasted, is classified too", async () => {
   const before = await page.locator("[data-testid=result]").count();
   const bytes = [...images[0]];
+  const names = [`dropped-${basename(IMAGES[0])}`, `pasted-${basename(IMAGES[0])}`];
   await page.evaluate(
-    ({ bytes, name }) => {
-      const transfer = new DataTransfer();
-      transfer.items.add(new File([new Uint8Array(bytes)], name, { type: "image/jpeg" }));
-      const zone = document.querySelector(".drop-zone");
-      zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    ({ bytes, names: [dropped, pasted] }) => {
+      const transfer = (name) => {
+        const data = new DataTransfer();
+        data.items.add(new File([new Uint8Array(bytes)], name, { type: "image/jpeg" }));
+        return data;
+      };
+      document
+        .querySelector(".drop-zone")
+        .dispatchEvent(new DragEvent("drop", { dataTransfer: transfer(dropped), bubbles: true, cancelable: true }));
+      window.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer(pasted), cancelable: true }));
     },
-    { bytes, name: `dropped-${basename(IMAGES[0])}` },
+    { bytes, names },
   );
-  const items = await finishedItems(page, before + 1);
-  const dropped = items.find((i) => i.name === `dropped-${basename(IMAGES[0])}`);
-  assert.equal(dropped.status, "done", dropped.error);
-  assertClose(dropped.probabilities, expectedFor(IMAGES[0]), "dropped file");
+  const items = await finishedItems(page, before + 2);
+  for (const name of names) {
+    const item = items.find((i) => i.name === name);
+    assert.ok(item, `${name} was not added`);
+    assert.equal(item.status, "done", item.error);
+    assertClose(item.probabilities, expectedFor(IMAGES[0]), name);
+  }
 });
 
 test("the screenshot is kept", async () => {

@@ -13,6 +13,7 @@ use web_sys::{HtmlInputElement, MessageEvent, Worker};
 
 use crate::card_panel::CardPanel;
 use crate::heatmap;
+use crate::js::error_message;
 use crate::protocol::{FromWorker, ImageResult, ToWorker};
 use crate::report::{self, Row};
 
@@ -82,14 +83,6 @@ struct Page {
 pub fn mount() {
     console_error_panic_hook::set_once();
     leptos::mount::mount_to_body(App);
-}
-
-fn js_message(error: &JsValue) -> String {
-    error
-        .dyn_ref::<js_sys::Error>()
-        .map(|e| String::from(e.message()))
-        .or_else(|| error.as_string())
-        .unwrap_or_else(|| "unknown error".into())
 }
 
 impl Page {
@@ -164,7 +157,7 @@ impl Page {
             Err(error) => {
                 self.model.set(ModelState::Failed(format!(
                     "could not start the inference worker: {}",
-                    js_message(&error)
+                    error_message(&error)
                 )));
                 return;
             }
@@ -245,7 +238,7 @@ impl Page {
                     }
                     Err(error) => item.status.set(Status::Failed(format!(
                         "could not read the file: {}",
-                        js_message(&error)
+                        error_message(&error)
                     ))),
                 }
             });
@@ -741,12 +734,7 @@ fn BatchTable(page: Page, classes: Memo<Vec<String>>) -> impl IntoView {
             .map(|item| {
                 let cells = move || match item.status.get() {
                     Status::Done(result) => {
-                        let prediction = if result.flagged() {
-                            "not a chest X-ray of the trained kind".to_string()
-                        } else {
-                            classes.get().get(result.top).cloned().unwrap_or_default()
-                        };
-                        let mut cells = vec![prediction];
+                        let mut cells = vec![result.verdict(&classes.get())];
                         cells.extend(result.probabilities.iter().map(|&p| percent(p)));
                         cells.push(format!("{:.0}", result.millis));
                         cells

@@ -13,6 +13,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent, Response};
 
+use crate::js::error_message;
 use crate::protocol::{FromWorker, ImageResult, ToWorker, CARD_URL};
 
 /// Images that arrive while the model is still loading wait here.
@@ -132,12 +133,7 @@ fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String
 }
 
 fn js_error(context: &str, error: JsValue) -> String {
-    let detail = error
-        .dyn_ref::<js_sys::Error>()
-        .map(|e| String::from(e.message()))
-        .or_else(|| error.as_string())
-        .unwrap_or_else(|| format!("{error:?}"));
-    format!("{context}: {detail}")
+    format!("{context}: {}", error_message(&error))
 }
 
 async fn fetch(url: &str) -> Result<Response, String> {

@@ -5,5 +5,6 @@ pub mod app;
 pub mod card_panel;
 pub mod heatmap;
 pub mod inference;
+pub mod js;
 pub mod protocol;
 pub mod report;

@@ -72,6 +72,16 @@ impl ImageResult {
     pub fn flagged(&self) -> bool {
         self.in_distribution == Some(false)
     }
+
+    /// What the batch table and the CSV say the image is: the top class, or no diagnosis when
+    /// the gate flagged it.
+    pub fn verdict(&self, classes: &[String]) -> String {
+        if self.flagged() {
+            "not a chest X-ray of the trained kind".into()
+        } else {
+            classes.get(self.top).cloned().unwrap_or_default()
+        }
+    }
 }
 
 impl ToWorker {

@@ -38,13 +38,8 @@ pub fn csv(classes: &[String], rows: &[Row]) -> String {
         let mut cells = vec![field(row.file)];
         match row.outcome {
             Ok(result) => {
-                let prediction = if result.flagged() {
-                    "not a chest X-ray of the trained kind".to_string()
-                } else {
-                    classes.get(result.top).cloned().unwrap_or_default()
-                };
                 cells.push("ok".into());
-                cells.push(field(&prediction));
+                cells.push(field(&result.verdict(classes)));
                 cells.extend(result.probabilities.iter().map(|p| format!("{p:.6}")));
                 cells.push(
                     result
