@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use pneumoscope::calibration::ReliabilityBin;
@@ -13,6 +14,24 @@ use crate::training::EpochMetrics;
 
 fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")
+}
+
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A line with its legend entry.
+fn labelled_line(
+    chart: &mut Chart,
+    points: Vec<(f64, f64)>,
+    name: &str,
+    color: RGBColor,
+) -> Result<()> {
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))
+        .map_err(plot_error)?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
+    Ok(())
 }
 
 /// Loss (as log10: an untrained network's validation loss can be 1e10 times its final one) and
@@ -67,11 +86,7 @@ pub fn curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         for (name, value, color) in series {
             let points: Vec<(f64, f64)> =
                 history.iter().map(|m| (m.epoch as f64, value(m))).collect();
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(plot_error)?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
+            labelled_line(&mut chart, points, name, color)?;
         }
         chart
             .configure_series_labels()
@@ -205,11 +220,7 @@ pub fn reliability(
             .filter(|b| b.count > 0)
             .map(|b| (b.confidence, b.accuracy))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(plot_error)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
+        labelled_line(&mut chart, points.clone(), name, color)?;
         chart
             .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(plot_error)?;
