@@ -28,20 +28,23 @@ type Shared = Rc<RefCell<State>>;
 /// Installs the message handler; called once from the worker binary's `main`.
 pub fn run() {
     console_error_panic_hook::set_once();
-    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
     let classifier: Shared = Rc::new(RefCell::new(State::Loading(Vec::new())));
     let handler = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
         handle(event.data(), &classifier);
     });
-    scope.set_onmessage(Some(handler.as_ref().unchecked_ref()));
+    scope().set_onmessage(Some(handler.as_ref().unchecked_ref()));
     handler.forget(); // lives as long as the worker
     post(&FromWorker::Booted);
 }
 
+/// The worker's global scope (this code only ever runs inside the worker).
+fn scope() -> DedicatedWorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
 fn post(message: &FromWorker) {
-    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
     // Posting a string to our own page cannot fail short of the worker being torn down.
-    let _ = scope.post_message(&JsValue::from_str(&message.to_json()));
+    let _ = scope().post_message(&JsValue::from_str(&message.to_json()));
 }
 
 fn handle(data: JsValue, classifier: &Shared) {
@@ -102,8 +105,7 @@ fn answer(state: &State, id: u32, bytes: &[u8]) {
 }
 
 fn now_ms() -> f64 {
-    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    scope.performance().map(|p| p.now()).unwrap_or_default()
+    scope().performance().map(|p| p.now()).unwrap_or_default()
 }
 
 fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String> {
@@ -137,8 +139,7 @@ fn js_error(context: &str, error: JsValue) -> String {
 }
 
 async fn fetch(url: &str) -> Result<Response, String> {
-    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    let response: Response = JsFuture::from(scope.fetch_with_str(url))
+    let response: Response = JsFuture::from(scope().fetch_with_str(url))
         .await
         .map_err(|e| js_error(&format!("could not fetch {url}"), e))?
         .unchecked_into();
