@@ -43,9 +43,12 @@ impl Sgd {
             let Some(grad) = grads.get(param) else {
                 continue;
             };
-            let mut grad = grad.clone();
+            // Detached: arithmetic on a `Var` records an op graph, and a momentum buffer built
+            // from one would chain every earlier step's intermediates and keep them in memory.
+            let value = param.as_tensor().detach();
+            let mut grad = grad.detach();
             if c.weight_decay != 0.0 {
-                grad = (grad + (param.as_tensor() * c.weight_decay)?)?;
+                grad = (grad + (&value * c.weight_decay)?)?;
             }
             if c.momentum != 0.0 {
                 let buffer = match velocity.take() {
@@ -59,7 +62,7 @@ impl Sgd {
                 };
                 *velocity = Some(buffer);
             }
-            param.set(&(param.as_tensor() - (grad * lr)?)?)?;
+            param.set(&(value - (grad * lr)?)?)?;
         }
         Ok(())
     }
@@ -140,6 +143,29 @@ mod tests {
         // b = 0.9 * [2.5, -9] + g = [3.5625, -9.405], step = g + 0.9 b = [4.51875, -9.7695],
         // p = [0.525 - 0.451875, -0.29 + 0.97695] = [0.073125, 0.68695].
         assert!(close(&run(config, 2), &[0.073125, 0.68695]));
+    }
+
+    /// With weight decay the update reads the parameter itself; the kept buffers must still be
+    /// plain values, or each step would hold on to all earlier steps' tensors.
+    #[test]
+    fn momentum_buffers_hold_no_op_graph() {
+        let config = SgdConfig {
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 1e-4,
+            nesterov: true,
+        };
+        let p = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
+        let mut sgd = Sgd::new(vec![("p".into(), p.clone())], config);
+        for _ in 0..3 {
+            let loss = p.as_tensor().sqr().unwrap().sum_all().unwrap();
+            sgd.step(&loss.backward().unwrap(), 0.1).unwrap();
+        }
+        let (_, buffer) = &sgd.state()[0];
+        assert!(
+            !buffer.track_op(),
+            "the momentum buffer records an op graph"
+        );
     }
 
     #[test]
