@@ -61,10 +61,13 @@ def run_epoch(model, loader, device, optimizer=None):
     return loss_sum / seen, correct / seen, seen / (time.perf_counter() - start)
 
 
-def evaluate(model, root, device, exclude=()):
-    eval_tf = transforms.Compose(
-        [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+def eval_transform(resize, crop):
+    return transforms.Compose(
+        [transforms.Resize(resize), transforms.CenterCrop(crop), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
     )
+
+
+def evaluate(model, root, device, eval_tf, exclude=()):
     data = torchvision.datasets.ImageFolder(root, eval_tf)
     keep = [i for i, (p, _) in enumerate(data.samples) if str(Path(p).relative_to(root)) not in exclude]
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, keep), batch_size=32)
@@ -82,6 +85,12 @@ def main():
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--lr-step", type=int, default=10)
+    parser.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up: lr * epoch / (warmup + 1)")
+    parser.add_argument("--zero-init-residual", action="store_true")
+    parser.add_argument("--resize", type=int, default=256)
+    parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=4)
@@ -92,13 +101,11 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
 
     train_tf = transforms.Compose([
-        transforms.Resize(256), transforms.CenterCrop(224),
+        transforms.Resize(args.resize), transforms.CenterCrop(args.crop),
         transforms.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
         transforms.ToTensor(), transforms.Normalize(MEAN, STD),
     ])
-    eval_tf = transforms.Compose(
-        [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
-    )
+    eval_tf = eval_transform(args.resize, args.crop)
     train_view = torchvision.datasets.ImageFolder(args.data, train_tf)
     val_view = torchvision.datasets.ImageFolder(args.data, eval_tf)
     train_idx, val_idx = stratified_split(train_view.targets, 0.15, args.seed)
@@ -107,7 +114,8 @@ def main():
         num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
     train_loader, val_loader = loader(train_view, train_idx, True), loader(val_view, val_idx, False)
 
-    model = torchvision.models.resnet50(num_classes=len(train_view.classes))
+    model = torchvision.models.resnet50(
+        num_classes=len(train_view.classes), zero_init_residual=args.zero_init_residual)
     if args.init:
         if args.init.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -117,11 +125,15 @@ def main():
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         model.load_state_dict(state, strict=False)
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=0.1)
 
     history, best = [], (-1.0, 0)
     for epoch in range(1, args.epochs + 1):
+        if args.warmup_epochs and epoch <= args.warmup_epochs + 1:
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * min(1.0, epoch / (args.warmup_epochs + 1))
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc, rate = run_epoch(model, train_loader, device, optimizer)
         val_loss, val_acc, _ = run_epoch(model, val_loader, device)
@@ -139,11 +151,11 @@ def main():
                    mean_train_images_per_second=sum(h["images_per_second"] for h in history) / len(history))
     if args.test:
         model.load_state_dict(torch.load(out / "best.pth", map_location=device))
-        summary["test_accuracy"], summary["test_images"] = evaluate(model, args.test, device)
+        summary["test_accuracy"], summary["test_images"] = evaluate(model, args.test, device, eval_tf)
         if args.exclude:
             excluded = {l.strip() for l in Path(args.exclude).read_text().splitlines() if l.strip()}
             summary["test_accuracy_without_excluded"], summary["test_images_without_excluded"] = evaluate(
-                model, args.test, device, excluded)
+                model, args.test, device, eval_tf, excluded)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
 

@@ -79,3 +79,15 @@ pub fn initialize_vars(vars: &[(String, Var)], seed: u64) -> Result<()> {
 pub fn initialize(varmap: &VarMap, seed: u64) -> Result<()> {
     initialize_vars(&crate::checkpoint::named_vars(varmap)?, seed)
 }
+
+/// torchvision's `zero_init_residual=True`: the last batch norm of every bottleneck starts with
+/// zero scale, so each block begins as the identity. From scratch on a few hundred images the
+/// plain init's activations grow block by block and the first epochs diverge.
+pub fn zero_init_residual(varmap: &VarMap) -> Result<()> {
+    for (name, var) in crate::checkpoint::named_vars(varmap)? {
+        if name.starts_with("layer") && name.ends_with(".bn3.weight") {
+            var.set(&var.zeros_like()?)?;
+        }
+    }
+    Ok(())
+}

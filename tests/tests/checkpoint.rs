@@ -12,6 +12,29 @@ fn bytes_of(tensors: &HashMap<String, Tensor>) -> Vec<u8> {
 }
 
 #[test]
+fn zero_init_residual_zeroes_exactly_the_last_norm_scale_of_each_bottleneck() {
+    let (varmap, _) = varmap_model(3);
+    init::initialize(&varmap, 7).unwrap();
+    init::zero_init_residual(&varmap).unwrap();
+    let tensors = state_dict(&varmap, DType::F32, 0).unwrap();
+    let is_zero = |name: &str| {
+        let values = tensors[name]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        values.iter().all(|v| *v == 0.0)
+    };
+    let zeroed: Vec<&String> = tensors.keys().filter(|name| is_zero(name)).collect();
+    // 3 + 4 + 6 + 3 bottlenecks; biases and running means start at zero anyway.
+    let scales: Vec<&&String> = zeroed.iter().filter(|n| n.ends_with(".weight")).collect();
+    assert_eq!(scales.len(), 16, "{scales:?}");
+    assert!(scales.iter().all(|n| n.ends_with(".bn3.weight")));
+    assert!(!is_zero("layer1.0.bn2.weight") && !is_zero("bn1.weight"));
+    assert!(!is_zero("layer1.0.downsample.1.weight"));
+}
+
+#[test]
 fn imagenet_head_loads_backbone_and_keeps_a_fresh_head() {
     let imagenet = Checkpoint::from_tensors(formula_weights(1000));
     let (varmap, _) = varmap_model(3);

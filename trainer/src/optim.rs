@@ -89,6 +89,12 @@ pub fn step_lr(base_lr: f64, step_size: usize, gamma: f64, epoch: usize) -> f64 
     base_lr * gamma.powi((epoch / step_size.max(1)) as i32)
 }
 
+/// Linear warm-up: `lr * (epoch + 1) / (warmup_epochs + 1)` for the first `warmup_epochs` epochs
+/// (counted from 0), `lr` after.
+pub fn warm_up(lr: f64, warmup_epochs: usize, epoch: usize) -> f64 {
+    lr * ((epoch + 1) as f64 / (warmup_epochs + 1) as f64).min(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +172,17 @@ mod tests {
             !buffer.track_op(),
             "the momentum buffer records an op graph"
         );
+    }
+
+    #[test]
+    fn warm_up_rises_linearly_then_leaves_the_schedule_alone() {
+        let lrs: Vec<f64> = (0..4).map(|e| warm_up(0.03, 2, e)).collect();
+        let expected = [0.01, 0.02, 0.03, 0.03];
+        assert!(
+            lrs.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-12),
+            "{lrs:?}"
+        );
+        assert_eq!(warm_up(0.1, 0, 0), 0.1);
     }
 
     #[test]

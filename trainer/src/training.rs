@@ -24,7 +24,7 @@ use crate::data::{
     class_counts, load, normalized_batch, stratified_split, CachedImages, ImageFolder,
 };
 use crate::device::{select, DeviceChoice};
-use crate::optim::{step_lr, Sgd, SgdConfig};
+use crate::optim::{step_lr, warm_up, Sgd, SgdConfig};
 use crate::plots;
 
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -86,6 +86,10 @@ pub struct TrainArgs {
     /// StepLR decay factor.
     #[arg(long, default_value_t = 0.1)]
     pub lr_gamma: f64,
+    /// Linear learning-rate warm-up over this many first epochs (0: none, the paper's recipe).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub warmup_epochs: usize,
     /// Fraction of each class held out for validation.
     #[arg(long, default_value_t = 0.15)]
     pub val_fraction: f64,
@@ -96,6 +100,12 @@ pub struct TrainArgs {
     /// an earlier model of ours). A head with another class count is replaced by a fresh one.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Start every bottleneck's last batch norm at zero scale (torchvision's
+    /// `zero_init_residual`), so each block begins as the identity: what makes training from
+    /// scratch converge. No effect on weights that --init loads.
+    #[arg(long)]
+    #[serde(default)]
+    pub zero_init_residual: bool,
     /// Keep this part and everything before it fixed (the paper froze up to layer2).
     #[arg(long)]
     pub freeze: Option<FreezeUpTo>,
@@ -497,6 +507,9 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         num_classes,
     )?;
     init::initialize(&varmap, args.seed)?;
+    if args.zero_init_residual {
+        init::zero_init_residual(&varmap)?;
+    }
     let initialization = match &args.init {
         Some(path) => {
             let bytes = std::fs::read(path)
@@ -508,7 +521,15 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
                 sha256_hex(&bytes)
             )
         }
-        None => format!("from scratch (torchvision init rules, seed {})", args.seed),
+        None => format!(
+            "from scratch (torchvision init rules{}, seed {})",
+            if args.zero_init_residual {
+                ", zero-init residual"
+            } else {
+                ""
+            },
+            args.seed
+        ),
     };
     let sgd_config = SgdConfig {
         momentum: args.momentum,
@@ -556,7 +577,11 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
     let augmentation = args.augmentation();
     for epoch in state.epochs_completed..args.epochs {
         let started = Instant::now();
-        let lr = step_lr(args.lr, args.lr_step, args.lr_gamma, epoch);
+        let lr = warm_up(
+            step_lr(args.lr, args.lr_step, args.lr_gamma, epoch),
+            args.warmup_epochs,
+            epoch,
+        );
         let mut order = train_idx.clone();
         order.shuffle(&mut StdRng::seed_from_u64(
             args.seed.wrapping_add(epoch as u64 + 1),
