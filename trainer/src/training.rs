@@ -249,7 +249,7 @@ impl Pass<'_> {
                 .as_ref()
                 .map(|(_, _, aug, seed, epoch)| (*aug, *seed, *epoch));
             let mut batch_grads: Option<GradStore> = None;
-            for micro in chunk.chunks(self.micro_batch.max(1)) {
+            for micro in micro_batches(chunk, self.micro_batch) {
                 let x = self.batch(micro, augment)?;
                 let y = self.labels(micro)?;
                 let output = self.model.forward_t(&x, train.is_some())?;
@@ -288,6 +288,27 @@ impl Pass<'_> {
         let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
         Ok((loss_sum / seen_f, correct as f64 / seen_f, rate))
     }
+}
+
+/// Splits a batch into the fewest chunks of at most `max_len` images, of sizes that differ by
+/// at most one, so that no chunk is left with a single image (batch statistics of one image are
+/// undefined). Only where that cannot be had (`max_len` 1, or 2 with an odd batch) does a chunk
+/// get one image more than `max_len`.
+fn micro_batches(batch: &[usize], max_len: usize) -> Vec<&[usize]> {
+    let n = batch.len();
+    let mut count = n.div_ceil(max_len.max(1)).max(1);
+    while count > 1 && n / count < 2 {
+        count -= 1;
+    }
+    let (base, longer) = (n / count, n % count);
+    let mut rest = batch;
+    (0..count)
+        .map(|i| {
+            let (head, tail) = rest.split_at(base + usize::from(i < longer));
+            rest = tail;
+            head
+        })
+        .collect()
 }
 
 /// Adds `more`'s gradients of `params` into `sum`.
@@ -638,4 +659,32 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         args.out.join(CARD_FILE).display()
     );
     Ok(card)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::micro_batches;
+
+    #[test]
+    fn micro_batches_keep_order_and_never_leave_one_image_alone() {
+        for n in 2..70 {
+            let batch: Vec<usize> = (0..n).collect();
+            for max_len in 1..20 {
+                let chunks = micro_batches(&batch, max_len);
+                assert_eq!(chunks.concat(), batch, "n {n} max {max_len}");
+                assert!(chunks.iter().all(|c| c.len() >= 2), "n {n} max {max_len}");
+                let longest = chunks.iter().map(|c| c.len()).max().unwrap();
+                let shortest = chunks.iter().map(|c| c.len()).min().unwrap();
+                assert!(longest - shortest <= 1, "n {n} max {max_len}");
+                assert!(longest <= max_len.max(2) + 1, "n {n} max {max_len}");
+                if max_len >= 3 {
+                    assert!(longest <= max_len, "n {n} max {max_len}");
+                }
+            }
+        }
+        // The case that used to leave one image: 33 in chunks of 16.
+        let batch: Vec<usize> = (0..33).collect();
+        let sizes: Vec<usize> = micro_batches(&batch, 16).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [11, 11, 11]);
+    }
 }
