@@ -6,7 +6,8 @@ photographs shipped with scikit-image; synthetic images (noise, gradients, check
     python3 -m pip install scikit-image pillow
     python3 scripts/make_ood_set.py --test ../shared/data/covid19-kaggle/test --out /tmp/ood
 
-writes OUT/<kind>/*.png. Then `trainer predict --json ... OUT/<kind>/*` gives, per image,
+writes OUT/<kind>/*.png. `--natural-only --max-side 160` writes the small copies of the natural
+photographs kept as test fixtures (tests/fixtures/ood/natural). Then `trainer predict --json ... OUT/<kind>/*` gives, per image,
 `in_distribution`; the share flagged is the gate's rejection rate for that kind.
 """
 import argparse
@@ -29,11 +30,12 @@ def radiograph_variants(test_dir, out):
     return len(files)
 
 
-def natural_images(out):
+def natural_images(out, max_side=None):
     from skimage import data
 
-    names = ["astronaut", "coffee", "chelsea", "rocket", "cat", "camera", "coins", "moon",
-             "page", "text", "clock", "horse", "hubble_deep_field", "immunohistochemistry"]
+    names = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon",
+             "page", "text", "clock", "horse", "hubble_deep_field", "immunohistochemistry",
+             "retina", "shepp_logan_phantom"]
     (out / "natural").mkdir(parents=True, exist_ok=True)
     count = 0
     for name in names:
@@ -43,7 +45,12 @@ def natural_images(out):
         array = np.asarray(loader())
         if array.dtype == bool:
             array = array.astype(np.uint8) * 255
-        Image.fromarray(array.astype(np.uint8)).save(out / "natural" / f"{name}.png")
+        elif array.dtype.kind == "f":  # e.g. the Shepp-Logan phantom, in [0, 1]
+            array = np.clip(array * 255, 0, 255)
+        image = Image.fromarray(array.astype(np.uint8))
+        if max_side:
+            image.thumbnail((max_side, max_side), Image.LANCZOS)
+        image.save(out / "natural" / f"{name}.png", optimize=True)
         count += 1
     return count
 
@@ -70,13 +77,20 @@ def synthetic_images(out, seed=0):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--test", required=True)
+    parser.add_argument("--test")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--natural-only", action="store_true")
+    parser.add_argument("--max-side", type=int, help="shrink natural photographs to this side")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.natural_only:
+        print({"natural": natural_images(out, args.max_side)})
+        return
+    if not args.test:
+        parser.error("--test is required unless --natural-only")
     counts = {
         "radiographs per variant": radiograph_variants(args.test, out),
-        "natural": natural_images(out),
+        "natural": natural_images(out, args.max_side),
         "synthetic": synthetic_images(out),
     }
     print(counts)

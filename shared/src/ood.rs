@@ -27,6 +27,23 @@ pub struct GateRecord {
     pub threshold: f32,
     /// The share of held-out in-distribution images the threshold was set to accept.
     pub target_true_accept: f64,
+    /// How much of each kind of unlike image (inverted radiographs, photographs...) it flags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejection: Vec<GateRejection>,
+}
+
+/// The gate's verdicts on one kind of image unlike the training data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateRejection {
+    pub kind: String,
+    pub flagged: usize,
+    pub total: usize,
+}
+
+impl GateRejection {
+    pub fn rate(&self) -> f64 {
+        self.flagged as f64 / self.total.max(1) as f64
+    }
 }
 
 #[derive(Debug, Clone)]

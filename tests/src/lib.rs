@@ -99,3 +99,14 @@ pub fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     diff / scale
 }
+
+/// A colour test pattern (gradients and a checkerboard): an image nothing like a radiograph.
+pub fn colour_pattern(width: u32, height: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([
+            (x * 255 / width) as u8,
+            ((x / 20 + y / 20) % 2 * 255) as u8,
+            (y * 255 / height) as u8,
+        ])
+    })
+}

@@ -144,6 +144,8 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
         dims: kept_dims,
         threshold: gate.threshold,
         target_true_accept: args.true_accept,
+        // A new gate: rejection rates measured on the old one no longer hold.
+        rejection: Vec::new(),
     });
     write_atomic(&args.card, card.to_json().as_bytes())?;
     // The rewritten pair must load.

@@ -24,6 +24,7 @@ pub mod data;
 pub mod device;
 pub mod evaluate;
 pub mod gate;
+pub mod gate_check;
 pub mod optim;
 pub mod plots;
 pub mod predict;

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use trainer::device::{self, DeviceChoice};
-use trainer::{calibrate, evaluate, predict, training};
+use trainer::{calibrate, evaluate, gate_check, predict, training};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,13 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// Share of each kind of unlike image (one sub-folder each) the out-of-distribution gate flags.
+    CheckGate {
+        #[command(flatten)]
+        args: gate_check::CheckGateArgs,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
     /// Class probabilities for image files.
     Predict {
         #[command(flatten)]
@@ -53,6 +60,9 @@ fn main() -> Result<()> {
         }
         Command::Calibrate { args, device } => {
             calibrate::run(&args, &device::select(device)?)?;
+        }
+        Command::CheckGate { args, device } => {
+            gate_check::run(&args, &device::select(device)?)?;
         }
         Command::Predict { args, device } => {
             if !predict::run(&args, &device::select(device)?)? {

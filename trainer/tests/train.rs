@@ -261,6 +261,56 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
     assert!(prediction.in_distribution.is_some());
     assert!(prediction.ood_score.unwrap() >= 0.0);
 
+    // check-gate: per kind of image, the gate's verdicts, counted and recorded in the card.
+    let kinds = dir.path().join("unlike");
+    for kind in ["noise", "same"] {
+        std::fs::create_dir_all(kinds.join(kind)).unwrap();
+    }
+    for i in 0..3u32 {
+        let noise = ImageBuffer::from_fn(40, 40, |x, y| Rgb([(x * 37 + y * 11 * i) as u8, 0, 255]));
+        noise.save(kinds.join(format!("noise/{i}.png"))).unwrap();
+        let name = format!("{:03}.png", i * 2);
+        std::fs::copy(
+            data.join("disc").join(&name),
+            kinds.join("same").join(&name),
+        )
+        .unwrap();
+    }
+    std::fs::write(kinds.join("noise/notes.txt"), "not an image").unwrap();
+    let check = trainer::gate_check::CheckGateArgs {
+        weights: weights.clone(),
+        card: card_path.clone(),
+        data: kinds.clone(),
+        record: true,
+    };
+    let rejection = trainer::gate_check::run(&check, &Device::Cpu).unwrap();
+    let flagged_in = |kind: &str| {
+        (0..3u32)
+            .map(|i| match kind {
+                "noise" => kinds.join(format!("noise/{i}.png")),
+                _ => kinds.join(format!("same/{:03}.png", i * 2)),
+            })
+            .filter(|p| {
+                let bytes = std::fs::read(p).unwrap();
+                classifier.classify_bytes(&bytes).unwrap().in_distribution == Some(false)
+            })
+            .count()
+    };
+    let kinds_seen: Vec<(&str, usize, usize)> = rejection
+        .iter()
+        .map(|r| (r.kind.as_str(), r.flagged, r.total))
+        .collect();
+    assert_eq!(
+        kinds_seen,
+        [
+            ("noise", flagged_in("noise"), 3),
+            ("same", flagged_in("same"), 3)
+        ]
+    );
+    let recorded =
+        pneumoscope::ModelCard::from_json(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+    assert_eq!(recorded.ood_gate.unwrap().rejection, rejection);
+
     // Calibrating against other data is refused: the split would not be the run's.
     let other = dir.path().join("other");
     synthetic_folder(&other, 5);

@@ -94,6 +94,16 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             gate.target_true_accept * 100.0
         )
     });
+    let rejection = card
+        .ood_gate
+        .iter()
+        .flat_map(|gate| gate.rejection.iter())
+        .map(|r| {
+            view! {
+                <li>{format!("{}: flags {} of {} ({:.0}%)", r.kind, r.flagged, r.total, r.rate() * 100.0)}</li>
+            }
+        })
+        .collect_view();
     let temperature = card
         .temperature
         .map(|t| format!("Probabilities are calibrated by temperature scaling (T = {t:.2})."));
@@ -117,6 +127,7 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             {training}
             {temperature.map(|t| view! { <p>{t}</p> })}
             {gate.map(|g| view! { <p>{g}</p> })}
+            <ul class="gate-rejection">{rejection}</ul>
             <h3>"Evaluation"</h3>
             {evaluations}
             <h3>"Known limits"</h3>

@@ -12,7 +12,7 @@ use pneumoscope::card::{sha256_hex, WeightsInfo, ARCHITECTURE};
 use pneumoscope::checkpoint::to_safetensors_bytes;
 use pneumoscope::ood::GateRecord;
 use pneumoscope::{Checkpoint, Classifier, ModelCard, Preprocessing};
-use pneumoscope_tests::{formula_weights, shared_data_dir};
+use pneumoscope_tests::{colour_pattern, formula_weights, shared_data_dir};
 use trainer::gate::{fit_mahalanobis, threshold_for_true_accept};
 
 /// Training radiographs per class the gate is fitted on, and the gate's dimensions.
@@ -55,14 +55,7 @@ fn write_unlike_samples(dir: &std::path::Path) -> Result<(), Error> {
     let mut inverted = image::open(radiograph)?.to_rgb8();
     image::imageops::invert(&mut inverted);
     inverted.save(dir.join("inverted.png"))?;
-    let pattern = image::RgbImage::from_fn(320, 240, |x, y| {
-        image::Rgb([
-            (x * 255 / 320) as u8,
-            ((x / 20 + y / 20) % 2 * 255) as u8,
-            (y * 255 / 240) as u8,
-        ])
-    });
-    pattern.save(dir.join("pattern.png"))?;
+    colour_pattern(320, 240).save(dir.join("pattern.png"))?;
     Ok(())
 }
 
@@ -112,6 +105,7 @@ fn main() -> Result<(), Error> {
             dims: GATE_DIMS,
             threshold,
             target_true_accept: TRUE_ACCEPT,
+            rejection: Vec::new(),
         }),
         evaluations: Vec::new(),
         intended_use: "Testing the software only.".into(),

@@ -1,0 +1,117 @@
+//! `trainer check-gate`: how much of each kind of image unlike the training data (inverted or
+//! rotated radiographs, photographs, synthetic images...) the out-of-distribution gate flags,
+//! optionally recorded in the model card.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use pneumoscope::checkpoint::write_atomic;
+use pneumoscope::ood::GateRejection;
+use pneumoscope::{Classifier, ModelCard};
+
+use crate::predict::{classify_file, load_classifier};
+
+#[derive(Debug, Args)]
+pub struct CheckGateArgs {
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Model card; its gate is the one checked, and --record writes the rates into it.
+    #[arg(long)]
+    pub card: PathBuf,
+    /// One sub-folder per kind of unlike image, e.g. from scripts/make_ood_set.py.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Write the rates into the card's gate record (replacing earlier ones).
+    #[arg(long)]
+    pub record: bool,
+}
+
+/// The files of `dir`, sorted.
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The gate's verdicts on one folder; unreadable files are reported and left out.
+fn check_kind(classifier: &Classifier, kind: String, dir: &Path) -> Result<GateRejection> {
+    let (mut flagged, mut total) = (0, 0);
+    for file in files_in(dir)? {
+        match classify_file(classifier, &file) {
+            Ok(prediction) => {
+                total += 1;
+                flagged += usize::from(prediction.in_distribution == Some(false));
+            }
+            Err(error) => eprintln!("warning: {}: {error}", file.display()),
+        }
+    }
+    Ok(GateRejection {
+        kind,
+        flagged,
+        total,
+    })
+}
+
+pub fn run(args: &CheckGateArgs, device: &Device) -> Result<Vec<GateRejection>> {
+    let classifier = load_classifier(&args.weights, Some(&args.card), device)?;
+    if !classifier.has_gate() {
+        bail!(
+            "{} has no out-of-distribution gate (run `trainer calibrate` first)",
+            args.weights.display()
+        );
+    }
+    let mut kinds = Vec::new();
+    for entry in
+        std::fs::read_dir(&args.data).with_context(|| format!("reading {}", args.data.display()))?
+    {
+        let path = entry?.path();
+        if path.is_dir() {
+            kinds.push(path);
+        }
+    }
+    kinds.sort();
+    if kinds.is_empty() {
+        bail!(
+            "{} has no sub-folders (one per kind of image)",
+            args.data.display()
+        );
+    }
+    let mut rejection = Vec::new();
+    println!(
+        "{:<24} {:>8} {:>6} {:>8}",
+        "kind", "flagged", "total", "rate"
+    );
+    for dir in kinds {
+        let kind = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let result = check_kind(&classifier, kind, &dir)?;
+        println!(
+            "{:<24} {:>8} {:>6} {:>7.1}%",
+            result.kind,
+            result.flagged,
+            result.total,
+            result.rate() * 100.0
+        );
+        rejection.push(result);
+    }
+    if args.record {
+        let mut card = ModelCard::from_json(&std::fs::read_to_string(&args.card)?)?;
+        let Some(gate) = card.ood_gate.as_mut() else {
+            bail!("{} records no gate", args.card.display());
+        };
+        gate.rejection = rejection.clone();
+        write_atomic(&args.card, card.to_json().as_bytes())?;
+    }
+    Ok(rejection)
+}
