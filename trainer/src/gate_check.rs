@@ -28,23 +28,23 @@ pub struct CheckGateArgs {
     pub record: bool,
 }
 
-/// The files of `dir`, sorted.
-fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+/// The entries of `dir` that `keep` accepts (files, or folders), sorted.
+fn sorted_entries(dir: &Path, keep: fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
-        if path.is_file() {
-            files.push(path);
+        if keep(&path) {
+            paths.push(path);
         }
     }
-    files.sort();
-    Ok(files)
+    paths.sort();
+    Ok(paths)
 }
 
 /// The gate's verdicts on one folder; unreadable files are reported and left out.
 fn check_kind(classifier: &Classifier, kind: String, dir: &Path) -> Result<GateRejection> {
     let (mut flagged, mut total) = (0, 0);
-    for file in files_in(dir)? {
+    for file in sorted_entries(dir, Path::is_file)? {
         match classify_file(classifier, &file) {
             Ok(prediction) => {
                 total += 1;
@@ -68,16 +68,7 @@ pub fn run(args: &CheckGateArgs, device: &Device) -> Result<Vec<GateRejection>> 
             args.weights.display()
         );
     }
-    let mut kinds = Vec::new();
-    for entry in
-        std::fs::read_dir(&args.data).with_context(|| format!("reading {}", args.data.display()))?
-    {
-        let path = entry?.path();
-        if path.is_dir() {
-            kinds.push(path);
-        }
-    }
-    kinds.sort();
+    let kinds = sorted_entries(&args.data, Path::is_dir)?;
     if kinds.is_empty() {
         bail!(
             "{} has no sub-folders (one per kind of image)",
