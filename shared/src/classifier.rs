@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use image::Rgb32FImage;
 
 use crate::calibration::softmax_with_temperature;
-use crate::ood::MahalanobisGate;
+use crate::ood::{GateFeatures, MahalanobisGate};
 
 use crate::cam::ClassActivationMaps;
 use crate::card::ModelCard;
@@ -20,10 +20,12 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
     pub logits: Vec<f32>,
     pub top: usize,
-    /// The 2048-d pooled features (for the out-of-distribution gate).
+    /// The 2048-d pooled features.
     pub features: Vec<f32>,
+    /// Per-channel mean and standard deviation of `layer2`'s output (1024-d).
+    pub layer2_stats: Vec<f32>,
     pub cams: ClassActivationMaps,
-    /// The gate's squared Mahalanobis distance, when the model has a gate.
+    /// The gate's score (squared distance), when the model has a gate.
     pub ood_score: Option<f32>,
     /// Whether the gate accepts the image as the kind the model was trained on.
     pub in_distribution: Option<bool>,
@@ -34,8 +36,18 @@ pub struct Classifier {
     preprocessing: Preprocessing,
     classes: Vec<String>,
     temperature: f32,
-    gate: Option<MahalanobisGate>,
+    gate: Option<(MahalanobisGate, GateFeatures)>,
     device: Device,
+}
+
+impl Prediction {
+    /// The activations a gate of this kind reads.
+    pub fn gate_input(&self, features: GateFeatures) -> &[f32] {
+        match features {
+            GateFeatures::Pooled => &self.features,
+            GateFeatures::Layer2Stats => &self.layer2_stats,
+        }
+    }
 }
 
 impl Classifier {
@@ -44,7 +56,7 @@ impl Classifier {
     pub fn new(checkpoint: Checkpoint, card: Option<&ModelCard>, device: &Device) -> Result<Self> {
         let num_classes = checkpoint.num_classes()?;
         let gate = match card.and_then(|c| c.ood_gate.as_ref()) {
-            Some(record) => Some(
+            Some(record) => Some((
                 MahalanobisGate::from_tensors(checkpoint.tensors(), record.threshold)?.ok_or_else(
                     || {
                         Error::Card(
@@ -52,9 +64,19 @@ impl Classifier {
                         )
                     },
                 )?,
-            ),
+                record.features,
+            )),
             None => None,
         };
+        if let Some((gate, features)) = &gate {
+            if gate.input_dim() != features.dim() {
+                return Err(Error::Card(format!(
+                    "the gate reads {features:?} ({} values) but its tensors expect {}",
+                    features.dim(),
+                    gate.input_dim()
+                )));
+            }
+        }
         let temperature = card.and_then(|c| c.temperature).unwrap_or(1.0);
         if !(temperature.is_finite() && temperature > 0.0) {
             return Err(Error::Card(format!(
@@ -129,25 +151,25 @@ impl Classifier {
             .map(|i| {
                 let logits: Vec<f32> = output.logits.get(i)?.to_vec1()?;
                 let probabilities = softmax_with_temperature(&logits, self.temperature);
-                let features: Vec<f32> = output.features.get(i)?.to_vec1()?;
-                let ood_score = self.gate.as_ref().map(|g| g.score(&features));
-                let in_distribution = self
-                    .gate
-                    .as_ref()
-                    .zip(ood_score)
-                    .map(|(g, s)| s <= g.threshold);
-                Ok(Prediction {
+                let mut prediction = Prediction {
                     top: argmax(&probabilities),
                     logits,
-                    features,
+                    features: output.features.get(i)?.to_vec1()?,
+                    layer2_stats: output.layer2_stats.get(i)?.to_vec1()?,
                     cams: ClassActivationMaps::compute(
                         &output.feature_map.get(i)?,
                         self.model.head_weight(),
                     )?,
                     probabilities,
-                    ood_score,
-                    in_distribution,
-                })
+                    ood_score: None,
+                    in_distribution: None,
+                };
+                if let Some((gate, features)) = &self.gate {
+                    let score = gate.score(prediction.gate_input(*features));
+                    prediction.ood_score = Some(score);
+                    prediction.in_distribution = Some(score <= gate.threshold);
+                }
+                Ok(prediction)
             })
             .collect()
     }

@@ -8,6 +8,8 @@ use crate::batch_norm::batch_norm_train;
 
 /// Width of the pooled feature vector that feeds the classifier head.
 pub const FEATURE_DIM: usize = 2048;
+/// Channels of `layer2`'s output.
+pub const LAYER2_CHANNELS: usize = 512;
 /// Bottleneck blocks per stage (`layer1` .. `layer4`).
 pub const BLOCKS_PER_STAGE: [usize; 4] = [3, 4, 6, 3];
 const EXPANSION: usize = 4;
@@ -25,6 +27,16 @@ pub struct ResNetOutput {
     pub features: Tensor,
     /// (N, 2048, H/32, W/32): the output of `layer4`.
     pub feature_map: Tensor,
+    /// (N, 1024): per-channel mean, then standard deviation, of the output of `layer2`.
+    pub layer2_stats: Tensor,
+}
+
+/// (N, C, H, W) -> (N, 2C): each channel's mean over the image, then its standard deviation.
+pub fn channel_stats(x: &Tensor) -> Result<Tensor> {
+    let x = x.flatten_from(2)?; // (N, C, HW)
+    let mean = x.mean_keepdim(D::Minus1)?; // (N, C, 1)
+    let std = x.broadcast_sub(&mean)?.sqr()?.mean(D::Minus1)?.sqrt()?; // (N, C)
+    Tensor::cat(&[mean.squeeze(D::Minus1)?, std], 1)
 }
 
 fn conv2d(
@@ -329,17 +341,23 @@ impl ResNet50 {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ResNetOutput> {
         let x = self.stem.forward_t(x, train)?.relu()?; // (N, 64, H/2, W/2)
         let mut x = stem_max_pool(&x, train)?; // (N, 64, H/4, W/4)
-        for stage in &self.stages {
+        let mut layer2_stats = None;
+        for (index, stage) in self.stages.iter().enumerate() {
             for block in stage {
                 x = block.forward_t(&x, train)?;
             }
+            if index == 1 {
+                layer2_stats = Some(channel_stats(&x)?); // (N, 1024) from (N, 512, H/8, W/8)
+            }
         }
+        let layer2_stats = layer2_stats.expect("ResNet50 has a layer2");
         let features = x.mean(D::Minus1)?.mean(D::Minus1)?; // (N, 2048)
         let logits = self.fc.forward(&features)?; // (N, classes)
         Ok(ResNetOutput {
             logits,
             features,
             feature_map: x,
+            layer2_stats,
         })
     }
 }

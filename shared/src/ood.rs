@@ -1,7 +1,9 @@
-//! Out-of-distribution gate: the Mahalanobis distance of an image's pooled features to the
-//! nearest class mean, with one covariance shared by the classes (Lee et al., 2018), in a PCA
-//! subspace of the 2048-d features (a few hundred training images cannot estimate a 2048-d
-//! covariance). Inputs scoring above the threshold are not what the model was trained on.
+//! Out-of-distribution gate: the Mahalanobis distance of an image's features to the nearest class
+//! mean, with one covariance shared by the classes (Lee et al., 2018), in a PCA subspace of the
+//! features (a few hundred training images cannot estimate a 1024- or 2048-d covariance), plus
+//! the part of the features outside that subspace, scaled by the training data's variance there
+//! (as in probabilistic PCA): an image unlike the training data mostly differs in directions the
+//! subspace leaves out. Inputs scoring above the threshold are not what the model was trained on.
 //!
 //! The statistics travel in the weights file as `ood.*` tensors; the threshold and how it was
 //! chosen are in the model card.
@@ -17,6 +19,44 @@ pub const MEAN: &str = "ood.mean";
 pub const PROJECTION: &str = "ood.projection";
 pub const CLASS_MEANS: &str = "ood.class_means";
 pub const PRECISION: &str = "ood.precision";
+pub const RESIDUAL_VARIANCE: &str = "ood.residual_variance";
+
+/// Which activations the gate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GateFeatures {
+    /// The 2048-d global-average-pooled output of `layer4` (what the head sees).
+    #[default]
+    Pooled,
+    /// Each channel's mean and standard deviation over the output of `layer2` (1024-d): image
+    /// statistics that the class decision discards, which set inverted, cropped and
+    /// non-radiograph images apart from radiographs far better than the pooled features do.
+    Layer2Stats,
+}
+
+impl GateFeatures {
+    /// The length of the feature vector.
+    pub fn dim(self) -> usize {
+        match self {
+            Self::Pooled => crate::model::FEATURE_DIM,
+            Self::Layer2Stats => 2 * crate::model::LAYER2_CHANNELS,
+        }
+    }
+}
+
+impl std::str::FromStr for GateFeatures {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "pooled" => Ok(Self::Pooled),
+            "layer2-stats" => Ok(Self::Layer2Stats),
+            other => Err(format!(
+                "unknown gate features {other:?}: pooled or layer2-stats"
+            )),
+        }
+    }
+}
 
 /// What the card says about the gate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +67,9 @@ pub struct GateRecord {
     pub threshold: f32,
     /// The share of held-out in-distribution images the threshold was set to accept.
     pub target_true_accept: f64,
+    /// The activations it reads (cards before this field: the pooled features).
+    #[serde(default)]
+    pub features: GateFeatures,
     /// How much of each kind of unlike image (inverted radiographs, photographs...) it flags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejection: Vec<GateRejection>,
@@ -56,6 +99,8 @@ pub struct MahalanobisGate {
     class_means: Vec<f32>,
     /// (k, k) inverse of the shared within-class covariance.
     precision: Vec<f32>,
+    /// Training variance per dimension outside the subspace; `None`: the residual is not scored.
+    residual_variance: Option<f32>,
     dims: usize,
     pub threshold: f32,
 }
@@ -79,6 +124,7 @@ impl MahalanobisGate {
         projection: Vec<f32>,
         class_means: Vec<f32>,
         precision: Vec<f32>,
+        residual_variance: Option<f32>,
         threshold: f32,
     ) -> Result<Self> {
         let d = mean.len();
@@ -88,7 +134,8 @@ impl MahalanobisGate {
             && projection.len() == dims * d
             && precision.len() == dims * dims
             && !class_means.is_empty()
-            && class_means.len().is_multiple_of(dims);
+            && class_means.len().is_multiple_of(dims)
+            && residual_variance.is_none_or(|v| v.is_finite() && v > 0.0);
         if !consistent {
             return Err(Error::Checkpoint(
                 "out-of-distribution gate tensors have inconsistent shapes".into(),
@@ -99,35 +146,53 @@ impl MahalanobisGate {
             projection,
             class_means,
             precision,
+            residual_variance,
             dims,
             threshold,
         })
     }
 
-    /// Features (D,) -> subspace coordinates (k,).
-    pub fn project(&self, features: &[f32]) -> Vec<f32> {
-        let d = self.mean.len();
-        let centred: Vec<f32> = features
+    /// The length of the feature vectors it reads.
+    pub fn input_dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    pub fn residual_variance(&self) -> Option<f32> {
+        self.residual_variance
+    }
+
+    fn centred(&self, features: &[f32]) -> Vec<f32> {
+        features
             .iter()
             .zip(&self.mean)
             .map(|(f, m)| f - m)
-            .collect();
-        (0..self.dims)
-            .map(|i| {
-                self.projection[i * d..(i + 1) * d]
-                    .iter()
-                    .zip(&centred)
-                    .map(|(a, b)| a * b)
-                    .sum()
-            })
             .collect()
     }
 
-    /// Squared Mahalanobis distance to the nearest class mean.
+    fn axis(&self, i: usize) -> &[f32] {
+        let d = self.mean.len();
+        &self.projection[i * d..(i + 1) * d]
+    }
+
+    fn coordinates(&self, centred: &[f32]) -> Vec<f32> {
+        (0..self.dims)
+            .map(|i| self.axis(i).iter().zip(centred).map(|(a, b)| a * b).sum())
+            .collect()
+    }
+
+    /// Features (D,) -> subspace coordinates (k,).
+    pub fn project(&self, features: &[f32]) -> Vec<f32> {
+        self.coordinates(&self.centred(features))
+    }
+
+    /// Squared Mahalanobis distance to the nearest class mean in the subspace, plus the squared
+    /// length of the part outside it over the training variance there (when the gate has one).
     pub fn score(&self, features: &[f32]) -> f32 {
-        let z = self.project(features);
+        let centred = self.centred(features);
+        let z = self.coordinates(&centred);
         let k = self.dims;
-        self.class_means
+        let in_subspace = self
+            .class_means
             .chunks(k)
             .map(|mu| {
                 let diff: Vec<f32> = z.iter().zip(mu).map(|(a, b)| a - b).collect();
@@ -138,7 +203,18 @@ impl MahalanobisGate {
                     })
                     .sum::<f32>()
             })
-            .fold(f32::INFINITY, f32::min)
+            .fold(f32::INFINITY, f32::min);
+        let Some(variance) = self.residual_variance else {
+            return in_subspace;
+        };
+        // The residual c - P^T z, computed directly: |c|^2 - |z|^2 would cancel badly in f32.
+        let mut residual = centred;
+        for (i, zi) in z.iter().enumerate() {
+            for (r, a) in residual.iter_mut().zip(self.axis(i)) {
+                *r -= zi * a;
+            }
+        }
+        in_subspace + residual.iter().map(|r| r * r).sum::<f32>() / variance
     }
 
     pub fn accepts(&self, features: &[f32]) -> bool {
@@ -150,7 +226,7 @@ impl MahalanobisGate {
         let d = self.mean.len();
         let k = self.dims;
         let classes = self.class_means.len() / k;
-        Ok(HashMap::from([
+        let mut tensors = HashMap::from([
             (
                 MEAN.to_string(),
                 Tensor::from_vec(self.mean.clone(), d, device)?,
@@ -167,7 +243,14 @@ impl MahalanobisGate {
                 PRECISION.to_string(),
                 Tensor::from_vec(self.precision.clone(), (k, k), device)?,
             ),
-        ]))
+        ]);
+        if let Some(variance) = self.residual_variance {
+            tensors.insert(
+                RESIDUAL_VARIANCE.to_string(),
+                Tensor::new(&[variance], device)?,
+            );
+        }
+        Ok(tensors)
     }
 
     /// Reads the gate from a weights file's tensors; `None` when the file has none.
@@ -179,7 +262,19 @@ impl MahalanobisGate {
         let (_, projection) = flat(tensors, PROJECTION)?;
         let (_, class_means) = flat(tensors, CLASS_MEANS)?;
         let (_, precision) = flat(tensors, PRECISION)?;
-        Self::new(mean, projection, class_means, precision, threshold).map(Some)
+        let residual_variance = match tensors.contains_key(RESIDUAL_VARIANCE) {
+            true => flat(tensors, RESIDUAL_VARIANCE)?.1.first().copied(),
+            false => None,
+        };
+        Self::new(
+            mean,
+            projection,
+            class_means,
+            precision,
+            residual_variance,
+            threshold,
+        )
+        .map(Some)
     }
 }
 
@@ -194,9 +289,47 @@ mod tests {
             vec![1.0, 0.0, 0.0, 1.0],
             vec![0.0, 0.0, 4.0, 0.0],
             vec![1.0, 0.0, 0.0, 4.0],
+            None,
             2.0,
         )
         .unwrap()
+    }
+
+    /// A 1-d subspace (the first axis) of 2-d features, class means at 0 and 4, unit precision,
+    /// training variance 0.5 off the subspace.
+    fn gate_with_residual() -> MahalanobisGate {
+        MahalanobisGate::new(
+            vec![0.0, 0.0],
+            vec![1.0, 0.0],
+            vec![0.0, 4.0],
+            vec![1.0],
+            Some(0.5),
+            10.0,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn residual_off_the_subspace_adds_to_the_score() {
+        let g = gate_with_residual();
+        // (1, 2): 1 from class 0 in the subspace; residual (0, 2) -> 4 / 0.5 = 8.
+        assert!((g.score(&[1.0, 2.0]) - 9.0).abs() < 1e-6);
+        // The same point without the off-subspace part scores the subspace distance alone.
+        assert!((g.score(&[1.0, 0.0]) - 1.0).abs() < 1e-6);
+        let tensors = g.to_tensors(&Device::Cpu).unwrap();
+        let back = MahalanobisGate::from_tensors(&tensors, 10.0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.score(&[1.0, 2.0]), g.score(&[1.0, 2.0]));
+    }
+
+    #[test]
+    fn gate_features_parse_from_their_card_names() {
+        for features in [GateFeatures::Pooled, GateFeatures::Layer2Stats] {
+            let name = serde_json::to_value(features).unwrap();
+            assert_eq!(name.as_str().unwrap().parse::<GateFeatures>(), Ok(features));
+        }
+        assert!("layer3".parse::<GateFeatures>().is_err());
     }
 
     #[test]
@@ -225,9 +358,23 @@ mod tests {
 
     #[test]
     fn inconsistent_shapes_are_an_error() {
-        assert!(
-            MahalanobisGate::new(vec![0.0; 3], vec![0.0; 5], vec![0.0; 2], vec![0.0; 4], 1.0)
-                .is_err()
+        let negative_variance = MahalanobisGate::new(
+            vec![0.0; 2],
+            vec![1.0, 0.0],
+            vec![0.0],
+            vec![1.0],
+            Some(-1.0),
+            1.0,
         );
+        assert!(negative_variance.is_err());
+        assert!(MahalanobisGate::new(
+            vec![0.0; 3],
+            vec![0.0; 5],
+            vec![0.0; 2],
+            vec![0.0; 4],
+            None,
+            1.0
+        )
+        .is_err());
     }
 }

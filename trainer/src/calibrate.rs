@@ -11,7 +11,7 @@ use clap::Args;
 use pneumoscope::calibration::{fit_temperature, negative_log_likelihood, CalibrationReport};
 use pneumoscope::card::{sha256_hex, ModelCard};
 use pneumoscope::checkpoint::{to_safetensors_bytes, write_atomic};
-use pneumoscope::ood::GateRecord;
+use pneumoscope::ood::{GateFeatures, GateRecord};
 use pneumoscope::Classifier;
 
 use crate::data::{load, normalized_batch, stratified_split, ImageFolder};
@@ -29,6 +29,10 @@ pub struct CalibrateArgs {
     /// The training ImageFolder the run used (its content hash must match the card's).
     #[arg(long)]
     pub data: PathBuf,
+    /// What the gate reads: layer2-stats (each layer2 channel's mean and standard deviation) or
+    /// pooled (the 2048-d features the head sees).
+    #[arg(long, default_value = "layer2-stats")]
+    pub gate_features: GateFeatures,
     /// Principal components the gate keeps.
     #[arg(long, default_value_t = 64)]
     pub dims: usize,
@@ -40,15 +44,20 @@ pub struct CalibrateArgs {
 /// One row per image.
 type Rows = Vec<Vec<f32>>;
 
-/// (logits, features) of every cached image, in batches.
-fn outputs(classifier: &Classifier, pixels: &[Vec<f32>], device: &Device) -> Result<(Rows, Rows)> {
+/// (logits, the gate's input features) of every cached image, in batches.
+fn outputs(
+    classifier: &Classifier,
+    pixels: &[Vec<f32>],
+    gate_features: GateFeatures,
+    device: &Device,
+) -> Result<(Rows, Rows)> {
     let (mut logits, mut features) = (Vec::new(), Vec::new());
     let side = classifier.preprocessing().crop as usize;
     for chunk in pixels.chunks(16) {
         let batch = normalized_batch(chunk.to_vec(), side, classifier.preprocessing(), device)?;
         for prediction in classifier.classify_batch(&batch)? {
+            features.push(prediction.gate_input(gate_features).to_vec());
             logits.push(prediction.logits);
-            features.push(prediction.features);
         }
     }
     Ok((logits, features))
@@ -93,7 +102,7 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
         train_idx.len(),
         val_idx.len()
     );
-    let (logits, features) = outputs(&classifier, &images.pixels, device)?;
+    let (logits, features) = outputs(&classifier, &images.pixels, args.gate_features, device)?;
     let pick = |v: &Vec<Vec<f32>>, idx: &[usize]| -> Vec<Vec<f32>> {
         idx.iter().map(|&i| v[i].clone()).collect()
     };
@@ -139,11 +148,16 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
     card.temperature = Some(temperature);
     card.ood_gate = Some(GateRecord {
         method: format!(
-            "Mahalanobis distance to the nearest class mean, shared covariance, in the top {kept_dims} principal components of the training split's pooled features"
+            "Mahalanobis distance to the nearest class mean (shared covariance) in the top {kept_dims} principal components of the training split's {}, plus the residual off that subspace over its training variance",
+            match args.gate_features {
+                GateFeatures::Pooled => "pooled features",
+                GateFeatures::Layer2Stats => "layer2 channel means and standard deviations",
+            }
         ),
         dims: kept_dims,
         threshold: gate.threshold,
         target_true_accept: args.true_accept,
+        features: args.gate_features,
         // A new gate: rejection rates measured on the old one no longer hold.
         rejection: Vec::new(),
     });

@@ -5,8 +5,9 @@ use nalgebra::{DMatrix, SymmetricEigen};
 use pneumoscope::ood::MahalanobisGate;
 
 /// Fits class means and a shared covariance to `features` (n, D) in the subspace of their top
-/// `dims` principal axes (fewer when the data have fewer independent directions). The threshold
-/// is left at infinity; `threshold_for_true_accept` sets it.
+/// `dims` principal axes (fewer when the data have fewer independent directions), and the
+/// variance per dimension left outside that subspace, which scales the residual term of the
+/// score. The threshold is left at infinity; `threshold_for_true_accept` sets it.
 pub fn fit_mahalanobis(
     features: &[Vec<f32>],
     labels: &[usize],
@@ -39,6 +40,12 @@ pub fn fit_mahalanobis(
     if k == 0 {
         bail!("the training features have no variance; the gate cannot be fitted");
     }
+    // Total variance minus the kept axes', spread over the dimensions left out.
+    let total: f64 = eigen.eigenvalues.iter().map(|v| v.max(0.0)).sum();
+    let kept_sum: f64 = kept.iter().map(|&i| eigen.eigenvalues[i]).sum();
+    let residual_variance =
+        ((total - kept_sum) / (n - 1) as f64 / d.saturating_sub(k).max(1) as f64) as f32;
+    let residual_variance = (d > k && residual_variance > 0.0).then_some(residual_variance);
     // Axis i = Xc^T v_i / sqrt(lambda_i): unit length in feature space.
     let mut axes = DMatrix::<f64>::zeros(k, d);
     for (row, &i) in kept.iter().enumerate() {
@@ -82,6 +89,7 @@ pub fn fit_mahalanobis(
         to_f32(&axes),
         to_f32(&class_means),
         to_f32(&precision),
+        residual_variance,
         f32::INFINITY,
     )?)
 }
@@ -127,17 +135,28 @@ mod tests {
         let threshold = threshold_for_true_accept(&held_out, 0.95);
         let accepted = held_out.iter().filter(|&&s| s <= threshold).count();
         assert!(accepted >= 190, "{accepted} of 200 accepted");
-        // Mean squared distance of in-class points is about the dimension kept (10).
+        // An in-class point scores about 1 per dimension: 10 in the subspace, about 40 off it.
         let mean: f32 = held_out.iter().sum::<f32>() / 200.0;
-        assert!((5.0..20.0).contains(&mean), "mean in-class score {mean}");
+        assert!((40.0..65.0).contains(&mean), "mean in-class score {mean}");
 
         let mut outlier = sample(0, &mut rng);
         outlier[7] += 3.0; // 30 standard deviations along a quiet direction
         assert!(gate.score(&outlier) > 10.0 * threshold);
-        let beyond: Vec<f32> = (0..d).map(|j| if j == 0 { 16.0 } else { 0.0 }).collect();
+        // Off the 10-d subspace the training variance is that of the quiet directions (0.01),
+        // a little less since the subspace took the largest of them.
+        let residual = gate.residual_variance().unwrap();
+        assert!((0.007..0.0105).contains(&residual), "{residual}");
+        // A shift of 0.5 (5 sd) on every quiet coordinate lies mostly outside the subspace.
+        let spread: Vec<f32> = sample(1, &mut rng)
+            .iter()
+            .enumerate()
+            .map(|(j, v)| if j >= 5 { v + 0.5 } else { *v })
+            .collect();
+        assert!(gate.score(&spread) > 10.0 * threshold);
+        let beyond: Vec<f32> = (0..d).map(|j| if j == 0 { 26.0 } else { 0.0 }).collect();
         assert!(
             gate.score(&beyond) > 3.0 * threshold,
-            "10 sd past the last class mean"
+            "20 sd past the last class mean"
         );
     }
 

@@ -241,6 +241,7 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
         weights: weights.clone(),
         card: card_path.clone(),
         data: data.clone(),
+        gate_features: pneumoscope::ood::GateFeatures::Layer2Stats,
         dims: 8,
         true_accept: 0.95,
     };
@@ -249,6 +250,7 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
     assert!(temperature > 0.0 && temperature.is_finite());
     let gate = card.ood_gate.as_ref().unwrap();
     assert!(gate.dims >= 1 && gate.dims <= 8);
+    assert_eq!(gate.features, pneumoscope::ood::GateFeatures::Layer2Stats);
     card.verify_weights(&std::fs::read(&weights).unwrap())
         .unwrap();
 

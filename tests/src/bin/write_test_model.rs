@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use pneumoscope::card::{sha256_hex, WeightsInfo, ARCHITECTURE};
 use pneumoscope::checkpoint::to_safetensors_bytes;
-use pneumoscope::ood::GateRecord;
+use pneumoscope::ood::{GateFeatures, GateRecord};
 use pneumoscope::{Checkpoint, Classifier, ModelCard, Preprocessing};
 use pneumoscope_tests::{colour_pattern, formula_weights, shared_data_dir};
 use trainer::gate::{fit_mahalanobis, threshold_for_true_accept};
@@ -105,6 +105,7 @@ fn main() -> Result<(), Error> {
             dims: GATE_DIMS,
             threshold,
             target_true_accept: TRUE_ACCEPT,
+            features: GateFeatures::Pooled,
             rejection: Vec::new(),
         }),
         evaluations: Vec::new(),
