@@ -28,4 +28,4 @@ cargo build -p pneumoscope --target wasm32-unknown-unknown
 echo "== tests"
 cargo test --workspace
 echo "== the page in headless Chromium"
-bash scripts/test-browser.sh
+bash scripts/test-browser.sh weights
