@@ -18,11 +18,9 @@ fn zero_init_residual_zeroes_exactly_the_last_norm_scale_of_each_bottleneck() {
     init::zero_init_residual(&varmap).unwrap();
     let tensors = state_dict(&varmap, DType::F32, 0).unwrap();
     let is_zero = |name: &str| {
-        let values = tensors[name]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        // num_batches_tracked is int64.
+        let tensor = tensors[name].to_dtype(DType::F32).unwrap();
+        let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         values.iter().all(|v| *v == 0.0)
     };
     let zeroed: Vec<&String> = tensors.keys().filter(|name| is_zero(name)).collect();
