@@ -263,6 +263,16 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
     assert!(prediction.in_distribution.is_some());
     assert!(prediction.ood_score.unwrap() >= 0.0);
 
+    // A card naming other features than the gate's tensors were fitted to is refused.
+    let mut mismatched = card.clone();
+    mismatched.ood_gate.as_mut().unwrap().features = pneumoscope::ood::GateFeatures::Pooled;
+    let mismatched_path = dir.path().join("mismatched.json");
+    std::fs::write(&mismatched_path, mismatched.to_json()).unwrap();
+    let err = trainer::predict::load_classifier(&weights, Some(&mismatched_path), &Device::Cpu)
+        .err()
+        .expect("a gate of the wrong size is refused");
+    assert!(err.to_string().contains("gate reads"), "{err}");
+
     // check-gate: per kind of image, the gate's verdicts, counted and recorded in the card.
     let kinds = dir.path().join("unlike");
     for kind in ["noise", "same"] {
