@@ -4,7 +4,8 @@
 #
 #   bash scripts/build-cuda.sh [OUT_DIR]        # default target/cuda-dist
 #
-# writes OUT_DIR/trainer.zst (zstd -19 of the stripped binary). The CUDA 13.0 toolkit comes from
+# writes OUT_DIR/trainer.zst (zstd -19 of the stripped binary; 7.9 MB, about 18 minutes on 2
+# cores, most of it nvcc compiling candle's kernels). The CUDA 13.0 toolkit comes from
 # PyPI wheels, downloaded once into target/cuda-toolkit; the binary links against libcuda,
 # libnvrtc, libcublas(Lt), libcurand and libcudart, which the GPU box's driver and its PyTorch
 # install provide at run time (scripts/gpu-check.sh sets LD_LIBRARY_PATH for that).

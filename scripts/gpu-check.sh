@@ -23,9 +23,10 @@ data=$carry/data
 recipe=(--resize 128 --crop 112 --lr 0.01 --weight-decay 5e-4 --zero-init-residual --warmup-epochs 2
   --epochs 30 --lr-step 20 --seed 42)
 
-# libcuda is the driver's; the CUDA 13 runtime libraries come with PyTorch's wheels.
-torch_lib=$(python3 -c 'import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
-export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# libcuda is the driver's; the CUDA 13 runtime libraries (cuBLAS, cuRAND, NVRTC, cudart) come
+# with PyTorch's nvidia-* wheels, under site-packages/nvidia/*/lib.
+torch_libs=$(python3 -c 'import glob, os, nvidia; print(":".join(d for p in nvidia.__path__ for d in sorted(glob.glob(os.path.join(p, "*", "lib")))))')
+export LD_LIBRARY_PATH="$torch_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 zstd -q -d -f "$carry/trainer.zst" -o /tmp/trainer && chmod +x /tmp/trainer
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$results/gpu.txt"
 
