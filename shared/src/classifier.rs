@@ -12,7 +12,7 @@ use crate::card::ModelCard;
 use crate::checkpoint::Checkpoint;
 use crate::decode::decode_rgb;
 use crate::error::{Error, Result};
-use crate::model::ResNet50;
+use crate::model::{channel_stats, ResNet50};
 use crate::preprocess::Preprocessing;
 
 #[derive(Debug, Clone)]
@@ -146,6 +146,7 @@ impl Classifier {
     /// Classifies a normalised batch (N, 3, H, W).
     pub fn classify_batch(&self, batch: &Tensor) -> Result<Vec<Prediction>> {
         let output = self.model.forward_t(batch, false)?;
+        let layer2_stats = channel_stats(&output.layer2_map)?; // (N, 1024)
         let n = batch.dim(0)?;
         (0..n)
             .map(|i| {
@@ -155,7 +156,7 @@ impl Classifier {
                     top: argmax(&probabilities),
                     logits,
                     features: output.features.get(i)?.to_vec1()?,
-                    layer2_stats: output.layer2_stats.get(i)?.to_vec1()?,
+                    layer2_stats: layer2_stats.get(i)?.to_vec1()?,
                     cams: ClassActivationMaps::compute(
                         &output.feature_map.get(i)?,
                         self.model.head_weight(),

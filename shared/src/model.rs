@@ -27,8 +27,8 @@ pub struct ResNetOutput {
     pub features: Tensor,
     /// (N, 2048, H/32, W/32): the output of `layer4`.
     pub feature_map: Tensor,
-    /// (N, 1024): per-channel mean, then standard deviation, of the output of `layer2`.
-    pub layer2_stats: Tensor,
+    /// (N, 512, H/8, W/8): the output of `layer2` (the gate summarises it by `channel_stats`).
+    pub layer2_map: Tensor,
 }
 
 /// (N, C, H, W) -> (N, 2C): each channel's mean over the image, then its standard deviation.
@@ -341,23 +341,45 @@ impl ResNet50 {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ResNetOutput> {
         let x = self.stem.forward_t(x, train)?.relu()?; // (N, 64, H/2, W/2)
         let mut x = stem_max_pool(&x, train)?; // (N, 64, H/4, W/4)
-        let mut layer2_stats = None;
+        let mut layer2_map = None;
         for (index, stage) in self.stages.iter().enumerate() {
             for block in stage {
                 x = block.forward_t(&x, train)?;
             }
             if index == 1 {
-                layer2_stats = Some(channel_stats(&x)?); // (N, 1024) from (N, 512, H/8, W/8)
+                layer2_map = Some(x.clone()); // (N, 512, H/8, W/8)
             }
         }
-        let layer2_stats = layer2_stats.expect("ResNet50 has a layer2");
+        let layer2_map = layer2_map.expect("ResNet50 has a layer2");
         let features = x.mean(D::Minus1)?.mean(D::Minus1)?; // (N, 2048)
         let logits = self.fc.forward(&features)?; // (N, classes)
         Ok(ResNetOutput {
             logits,
             features,
             feature_map: x,
-            layer2_stats,
+            layer2_map,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn channel_stats_are_each_channels_mean_then_standard_deviation() {
+        // One image, two channels of 2x2: [1, 3, 1, 3] (mean 2, sd 1) and [5, 5, 5, 5] (5, 0).
+        let x = Tensor::new(&[1f32, 3., 1., 3., 5., 5., 5., 5.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 2, 2))
+            .unwrap();
+        let stats: Vec<f32> = channel_stats(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(stats, [2.0, 5.0, 1.0, 0.0]);
     }
 }
