@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use image::{imageops, Rgb, Rgb32FImage};
-use pneumoscope::classifier::classifier_from_bytes;
 use pneumoscope::decode::decode_rgb;
 use pneumoscope::{Classifier, ModelCard};
 use pneumoscope_tests::{colour_pattern, fixture_dir, shared_data_dir};
 use trainer::data::ImageFolder;
 use trainer::evaluate::evaluate_folder;
+use trainer::predict::load_classifier;
 
 /// Largest share of the test radiographs the gate may reject. Its threshold accepts 95% of the
 /// validation split; 66 test images leave room for a few more.
@@ -34,10 +34,13 @@ fn shipped() -> (Classifier, ModelCard) {
     let text = std::fs::read_to_string(&card_path)
         .unwrap_or_else(|e| panic!("the shipped card {}: {e}", card_path.display()));
     let card = ModelCard::from_json(&text).expect("a valid card");
-    let bytes = std::fs::read(dir.join(&card.weights.file)).expect("the shipped weights");
-    card.verify_weights(&bytes)
-        .expect("weights match the card's hash");
-    let classifier = classifier_from_bytes(&bytes, Some(&card), &Device::Cpu).expect("loads");
+    // Checks the weights' SHA-256 against the card, as the page and `trainer predict` do.
+    let classifier = load_classifier(
+        &dir.join(&card.weights.file),
+        Some(&card_path),
+        &Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("the shipped model: {e:#}"));
     (classifier, card)
 }
 

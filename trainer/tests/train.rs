@@ -278,15 +278,14 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
     for kind in ["noise", "same"] {
         std::fs::create_dir_all(kinds.join(kind)).unwrap();
     }
+    let (mut noise_files, mut same_files) = (Vec::new(), Vec::new());
     for i in 0..3u32 {
         let noise = ImageBuffer::from_fn(40, 40, |x, y| Rgb([(x * 37 + y * 11 * i) as u8, 0, 255]));
-        noise.save(kinds.join(format!("noise/{i}.png"))).unwrap();
+        noise_files.push(kinds.join(format!("noise/{i}.png")));
+        noise.save(noise_files.last().unwrap()).unwrap();
         let name = format!("{:03}.png", i * 2);
-        std::fs::copy(
-            data.join("disc").join(&name),
-            kinds.join("same").join(&name),
-        )
-        .unwrap();
+        same_files.push(kinds.join("same").join(&name));
+        std::fs::copy(data.join("disc").join(&name), same_files.last().unwrap()).unwrap();
     }
     std::fs::write(kinds.join("noise/notes.txt"), "not an image").unwrap();
     let check = trainer::gate_check::CheckGateArgs {
@@ -296,12 +295,9 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
         record: true,
     };
     let rejection = trainer::gate_check::run(&check, &Device::Cpu).unwrap();
-    let flagged_in = |kind: &str| {
-        (0..3u32)
-            .map(|i| match kind {
-                "noise" => kinds.join(format!("noise/{i}.png")),
-                _ => kinds.join(format!("same/{:03}.png", i * 2)),
-            })
+    let flagged_in = |files: &[PathBuf]| {
+        files
+            .iter()
             .filter(|p| {
                 let bytes = std::fs::read(p).unwrap();
                 classifier.classify_bytes(&bytes).unwrap().in_distribution == Some(false)
@@ -315,8 +311,8 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
     assert_eq!(
         kinds_seen,
         [
-            ("noise", flagged_in("noise"), 3),
-            ("same", flagged_in("same"), 3)
+            ("noise", flagged_in(&noise_files), 3),
+            ("same", flagged_in(&same_files), 3)
         ]
     );
     let recorded =
