@@ -8,13 +8,16 @@ pub mod cam;
 pub mod card;
 pub mod checkpoint;
 pub mod classifier;
+pub mod conv;
 pub mod decode;
 pub mod error;
 pub mod init;
+pub mod max_pool;
 pub mod metrics;
 pub mod model;
 pub mod ood;
 pub mod preprocess;
+pub mod residual;
 
 pub use card::ModelCard;
 pub use checkpoint::Checkpoint;

@@ -1,10 +1,13 @@
 //! ResNet50 (torchvision's `resnet50`, v1.5: the stride sits on the 3x3 convolution) with
 //! torchvision's parameter names, so public checkpoints load as they are.
 
-use candle_core::{Module, ModuleT, Result, Tensor, D};
+use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, D};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use crate::batch_norm::batch_norm_train;
+use crate::conv::conv2d_train;
+use crate::max_pool::max_pool_3x3_stride2;
+use crate::residual::add_relu;
 
 /// Width of the pooled feature vector that feeds the classifier head.
 pub const FEATURE_DIM: usize = 2048;
@@ -69,7 +72,7 @@ fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
 /// Rows `offset, offset + stride, ...` (`count` of them) of dim 2 and the same columns of dim 3,
 /// `x` being padded far enough that `offset + stride * count` fits.
 /// (N, C, H, W) -> (N, C, count_h, count_w)
-fn strided_view(
+pub(crate) fn strided_view(
     x: &Tensor,
     (offset_y, offset_x): (usize, usize),
     (count_h, count_w): (usize, usize),
@@ -91,44 +94,6 @@ fn strided_view(
     cols.reshape((n, c, count_h, count_w, stride))?
         .narrow(4, 0, 1)?
         .squeeze(4)
-}
-
-/// The convolution as explicit im2col and one matmul, for training.
-///
-/// It computes what `Conv2d::forward` computes, but candle's CPU backward of `conv2d` runs a
-/// direct (loop) `conv_transpose2d`, while this form's backward is matmuls and copies: several
-/// times faster per training step on the CPU.
-/// (N, C_in, H, W) -> (N, C_out, H_out, W_out)
-fn conv2d_by_matmul(x: &Tensor, conv: &Conv2d) -> Result<Tensor> {
-    let weight = conv.weight();
-    let Conv2dConfig {
-        padding, stride, ..
-    } = *conv.config();
-    let (n, c_in, h, w) = x.dims4()?;
-    let (c_out, _, k, _) = weight.dims4()?;
-    let out_h = (h + 2 * padding - k) / stride + 1;
-    let out_w = (w + 2 * padding - k) / stride + 1;
-    let columns = if k == 1 && stride == 1 {
-        x.reshape((n, c_in, h * w))?
-    } else {
-        // Extra bottom/right zeros so every strided view can fold `stride * out` rows; they never
-        // fall inside a real window.
-        let x = x
-            .pad_with_zeros(2, padding, padding + stride - 1)?
-            .pad_with_zeros(3, padding, padding + stride - 1)?;
-        let mut patches = Vec::with_capacity(k * k);
-        for ky in 0..k {
-            for kx in 0..k {
-                patches.push(strided_view(&x, (ky, kx), (out_h, out_w), stride)?);
-            }
-        }
-        // (N, C_in, k*k, H_out, W_out): the (c, ky, kx) order of the weight's flattening.
-        Tensor::stack(&patches, 2)?.reshape((n, c_in * k * k, out_h * out_w))?
-    };
-    let weight = weight.reshape((c_out, c_in * k * k))?;
-    weight
-        .broadcast_matmul(&columns)?
-        .reshape((n, c_out, out_h, out_w))
 }
 
 /// Conv + BN, the unit every part of the network is made of.
@@ -165,22 +130,22 @@ impl ConvBn {
         Ok(())
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if let Some(folded) = &self.folded {
-            if train {
+    /// Conv, batch norm, then a ReLU if `relu` (fused into the batch norm when training).
+    fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if train {
+            if self.folded.is_some() {
                 candle_core::bail!("a model with folded batch norms is for inference only");
             }
-            return folded.forward(x);
+            return batch_norm_train(&self.bn, &conv2d_train(x, &self.conv)?, relu);
         }
-        let y = if train {
-            conv2d_by_matmul(x, &self.conv)?
-        } else {
-            self.conv.forward(x)?
+        let y = match &self.folded {
+            Some(folded) => folded.forward(x)?,
+            None => self.bn.forward_t(&self.conv.forward(x)?, false)?,
         };
-        if train {
-            batch_norm_train(&self.bn, &y)
+        if relu {
+            y.relu()
         } else {
-            self.bn.forward_t(&y, false)
+            Ok(y)
         }
     }
 }
@@ -225,14 +190,14 @@ impl Bottleneck {
 
     /// (N, C_in, H, W) -> (N, 4 * width, H / stride, W / stride)
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.reduce.forward_t(x, train)?.relu()?;
-        let out = self.spatial.forward_t(&out, train)?.relu()?;
-        let out = self.expand.forward_t(&out, train)?;
+        let out = self.reduce.forward_t(x, train, true)?;
+        let out = self.spatial.forward_t(&out, train, true)?;
+        let out = self.expand.forward_t(&out, train, false)?;
         let identity = match &self.downsample {
-            Some(downsample) => downsample.forward_t(x, train)?,
+            Some(downsample) => downsample.forward_t(x, train, false)?,
             None => x.clone(),
         };
-        (out + identity)?.relu()
+        add_relu(&out, &identity)
     }
 }
 
@@ -240,9 +205,12 @@ impl Bottleneck {
 ///
 /// Edge replication stands in for PyTorch's -inf padding: every window that reaches into the
 /// padding also holds the edge pixel that was replicated, so the maximum is the same. candle's
-/// `max_pool2d` has no backward when kernel != stride, so training takes the maximum of the nine
-/// strided views instead, which autograd handles.
+/// `max_pool2d` has no backward when kernel != stride, so training uses a fused op on the CPU
+/// (`max_pool`) and elsewhere takes the maximum of the nine strided views, which autograd handles.
 pub fn stem_max_pool(x: &Tensor, train: bool) -> Result<Tensor> {
+    if train && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+        return max_pool_3x3_stride2(x);
+    }
     let (_, _, h, w) = x.dims4()?;
     let (out_h, out_w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
     // Enough right/bottom padding that every strided view below has 2 * out rows/cols to fold.
@@ -339,7 +307,7 @@ impl ResNet50 {
     /// (N, 3, H, W) normalised images -> logits (N, classes), features (N, 2048) and the `layer4`
     /// map (N, 2048, H/32, W/32). `train` selects batch statistics (and updates the running ones).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ResNetOutput> {
-        let x = self.stem.forward_t(x, train)?.relu()?; // (N, 64, H/2, W/2)
+        let x = self.stem.forward_t(x, train, true)?; // (N, 64, H/2, W/2)
         let mut x = stem_max_pool(&x, train)?; // (N, 64, H/4, W/4)
         let mut layer2_map = None;
         for (index, stage) in self.stages.iter().enumerate() {

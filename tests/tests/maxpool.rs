@@ -36,3 +36,38 @@ fn max_pool_matches_a_direct_computation() {
         }
     }
 }
+
+/// Training's gradient reaches exactly each window's (first) maximum, summed where windows
+/// overlap, as PyTorch's `max_pool2d` backward does.
+#[test]
+fn training_max_pool_gradient_goes_to_each_window_maximum() {
+    let (h, w) = (7, 8);
+    let values: Vec<f32> = (0..h * w).map(|i| ((i * 37) % 23) as f32).collect();
+    let x = candle_core::Var::from_vec(values.clone(), (1, 1, h, w), &Device::Cpu).unwrap();
+    let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    let upstream: Vec<f32> = (0..oh * ow).map(|i| 1.0 + i as f32).collect();
+    let upstream_t = Tensor::from_vec(upstream.clone(), (1, 1, oh, ow), &Device::Cpu).unwrap();
+    let pooled = stem_max_pool(x.as_tensor(), true).unwrap();
+    let grads = (pooled * upstream_t)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grad = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+    let mut expected = vec![0f32; h * w];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let mut best: Option<usize> = None;
+            for y in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                for x in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                    if best.is_none_or(|b| values[y * w + x] > values[b]) {
+                        best = Some(y * w + x);
+                    }
+                }
+            }
+            expected[best.unwrap()] += upstream[oy * ow + ox];
+        }
+    }
+    assert_eq!(grad.to_vec1::<f32>().unwrap(), expected);
+}

@@ -1,0 +1,611 @@
+//! Training-mode convolution as one CPU op: im2col and a gemm per image, images in parallel.
+//!
+//! candle's CPU backward of `conv2d` runs a direct (loop) `conv_transpose2d`. Building the
+//! im2col from tensor ops instead (the form other devices still use, `conv2d_by_matmul`) makes
+//! autograd keep a patch tensor k*k times the input per layer and copy it, single-threaded, on
+//! every pass. This op keeps only its input and weight, rebuilds the patches of one image at a
+//! time in the backward pass, and runs every product through gemm. It computes what
+//! `Conv2d::forward` computes for the convolutions ResNet50 has: square kernel, no bias, no groups,
+//! dilation 1.
+
+use std::ops::Range;
+
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig};
+use rayon::prelude::*;
+
+use crate::batch_norm::contiguous_f32;
+use crate::model::strided_view;
+
+/// `conv`'s forward in training mode: the fused op for f32 on the CPU, explicit im2col and one
+/// matmul (whose backward is matmuls too) elsewhere.
+/// (N, C_in, H, W) -> (N, C_out, H_out, W_out)
+pub fn conv2d_train(x: &Tensor, conv: &Conv2d) -> Result<Tensor> {
+    let config = *conv.config();
+    let fusable = matches!(x.device(), Device::Cpu)
+        && x.dtype() == DType::F32
+        && conv.bias().is_none()
+        && config.groups == 1
+        && config.dilation == 1;
+    if !fusable {
+        return conv2d_by_matmul(x, conv);
+    }
+    let geometry = Geometry::new(x.dims4()?, conv.weight().dims4()?, config)?;
+    x.contiguous()?
+        .apply_op2(&conv.weight().contiguous()?, Conv2dTrain(geometry))
+}
+
+/// The shapes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Geometry {
+    fn new(
+        (batch, c_in, h, w): (usize, usize, usize, usize),
+        (c_out, c_in_k, k, k_w): (usize, usize, usize, usize),
+        config: Conv2dConfig,
+    ) -> Result<Self> {
+        let Conv2dConfig {
+            padding, stride, ..
+        } = config;
+        if c_in_k != c_in || k_w != k || h + 2 * padding < k || w + 2 * padding < k || stride == 0 {
+            candle_core::bail!(
+                "conv2d: input (N, {c_in}, {h}, {w}) does not fit weight ({c_out}, {c_in_k}, {k}, {k_w}) with padding {padding}, stride {stride}"
+            );
+        }
+        Ok(Self {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            k,
+            stride,
+            padding,
+            out_h: (h + 2 * padding - k) / stride + 1,
+            out_w: (w + 2 * padding - k) / stride + 1,
+        })
+    }
+
+    /// Values in one image of the input.
+    fn in_len(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    /// Output positions per channel, the columns of the patch matrix.
+    fn positions(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    /// Values in one patch, the rows of the patch matrix (and the columns of the flat weight).
+    fn patch_len(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    /// A 1x1, stride-1, unpadded convolution: its patch matrix is the image itself.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    fn weight(&self) -> Shape {
+        Shape::from((self.c_out, self.c_in, self.k, self.k))
+    }
+
+    fn output(&self) -> Shape {
+        Shape::from((self.batch, self.c_out, self.out_h, self.out_w))
+    }
+
+    fn input(&self) -> Shape {
+        Shape::from((self.batch, self.c_in, self.h, self.w))
+    }
+
+    /// The input row that kernel row `ky` reads for output row `out_y` (`None` in the padding).
+    fn input_row(&self, ky: usize, out_y: usize) -> Option<usize> {
+        (out_y * self.stride + ky)
+            .checked_sub(self.padding)
+            .filter(|&y| y < self.h)
+    }
+
+    /// The output columns at which kernel column `kx` reads inside the image (not the padding).
+    fn valid_cols(&self, kx: usize) -> Range<usize> {
+        let first = (self.padding.saturating_sub(kx).div_ceil(self.stride)).min(self.out_w);
+        let end = match (self.w + self.padding).checked_sub(kx + 1) {
+            Some(last_reach) => (last_reach / self.stride + 1).min(self.out_w),
+            None => 0,
+        };
+        first..end.max(first)
+    }
+
+    /// One output row of one patch-matrix row at a time: the patch-matrix row, the column at
+    /// which the output row starts, and, for the columns in `valid`, the offset of the first
+    /// input value it reads (the next ones follow at `stride`); `None` where it reads only padding.
+    fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
+        (0..self.c_in).flat_map(move |c| {
+            (0..self.k).flat_map(move |ky| {
+                (0..self.k).flat_map(move |kx| {
+                    let row = (c * self.k + ky) * self.k + kx;
+                    let valid = self.valid_cols(kx);
+                    (0..self.out_h).map(move |out_y| Segment {
+                        row,
+                        col: out_y * self.out_w,
+                        input: self
+                            .input_row(ky, out_y)
+                            .filter(|_| !valid.is_empty())
+                            .map(|y| {
+                                (c * self.h + y) * self.w + valid.start * self.stride + kx
+                                    - self.padding
+                            }),
+                        valid: valid.clone(),
+                    })
+                })
+            })
+        })
+    }
+
+    /// (C_in, H, W) -> (C_in*k*k, H_out*W_out), rows `pitch` apart in `patches`: column p holds
+    /// the window of output position p, in the (c, ky, kx) order of the weight's flattening.
+    fn im2col(&self, image: &[f32], patches: &mut [f32], pitch: usize) {
+        for segment in self.segments() {
+            let start = segment.row * pitch + segment.col;
+            let row = &mut patches[start..start + self.out_w];
+            let Some(input) = segment.input else {
+                row.fill(0.0);
+                continue;
+            };
+            row[..segment.valid.start].fill(0.0);
+            row[segment.valid.end..].fill(0.0);
+            let source = image[input..].iter().step_by(self.stride);
+            for (value, &pixel) in row[segment.valid].iter_mut().zip(source) {
+                *value = pixel;
+            }
+        }
+    }
+
+    /// The adjoint of `im2col`: every patch entry added back onto the input value it came from.
+    fn col2im(&self, patches: &[f32], pitch: usize, image: &mut [f32]) {
+        image.fill(0.0);
+        for segment in self.segments() {
+            let Some(input) = segment.input else {
+                continue;
+            };
+            let start = segment.row * pitch + segment.col;
+            let row = &patches[start..start + self.out_w];
+            let target = image[input..].iter_mut().step_by(self.stride);
+            for (pixel, &value) in target.zip(&row[segment.valid]) {
+                *pixel += value;
+            }
+        }
+    }
+
+    /// Images per product: enough for `MIN_COLUMNS` columns (a 4x4 layer4 map alone would make
+    /// a 16-column product that reads the whole weight for little work), but no more than leaves
+    /// every thread a share of the batch.
+    fn group_len(&self) -> usize {
+        let per_thread = self.batch.div_ceil(rayon::current_num_threads());
+        MIN_COLUMNS
+            .div_ceil(self.positions())
+            .min(per_thread)
+            .max(1)
+    }
+
+    /// The wide patch matrix (C_in*k*k, n*H_out*W_out) of a group of `n` images; a pointwise
+    /// convolution's single image is its own patch matrix.
+    fn group_patches<'a>(&self, images: &'a [f32], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        if self.is_pointwise() {
+            return to_wide(images, self.c_in, self.positions(), scratch);
+        }
+        let pitch = images.len() / self.in_len() * self.positions();
+        scratch.resize(self.patch_len() * pitch, 0.0);
+        for (i, image) in images.chunks(self.in_len()).enumerate() {
+            self.im2col(image, &mut scratch[i * self.positions()..], pitch);
+        }
+        scratch
+    }
+}
+
+/// One output row of one patch-matrix row (see `Geometry::segments`).
+struct Segment {
+    row: usize,
+    col: usize,
+    input: Option<usize>,
+    valid: Range<usize>,
+}
+
+/// Fewest columns a product should have (see `Geometry::group_len`).
+const MIN_COLUMNS: usize = 256;
+
+/// (n, rows, P) -> (rows, n*P): a group of images side by side, image i in column block i, so
+/// that one product serves them all. One image is already that matrix and is not copied.
+fn to_wide<'a>(
+    images: &'a [f32],
+    rows: usize,
+    positions: usize,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let pitch = images.len() / rows;
+    if pitch == positions {
+        return images;
+    }
+    scratch.resize(images.len(), 0.0);
+    for (i, image) in images.chunks(rows * positions).enumerate() {
+        for (r, row) in image.chunks(positions).enumerate() {
+            scratch[r * pitch + i * positions..][..positions].copy_from_slice(row);
+        }
+    }
+    scratch
+}
+
+/// Writes the product `lhs @ rhs`, a wide (rows, n*P) matrix, into `images` as (n, rows, P):
+/// directly for one image, through `scratch` for more.
+fn matmul_into_images(
+    lhs: Matrix,
+    rhs: Matrix,
+    positions: usize,
+    images: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    if rhs.cols == positions {
+        matmul(images, lhs, rhs, false);
+        return;
+    }
+    scratch.resize(lhs.rows * rhs.cols, 0.0);
+    matmul(scratch, lhs, rhs, false);
+    for (i, image) in images.chunks_mut(lhs.rows * positions).enumerate() {
+        for (r, row) in image.chunks_mut(positions).enumerate() {
+            row.copy_from_slice(&scratch[r * rhs.cols + i * positions..][..positions]);
+        }
+    }
+}
+
+/// A strided view of a slice as a matrix.
+#[derive(Clone, Copy)]
+struct Matrix<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Matrix<'a> {
+    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Every index the view can touch lies inside its slice.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+/// `dst` (row-major) = lhs @ rhs, or `dst += lhs @ rhs` when `accumulate`; on the calling
+/// thread (the images are already spread over threads).
+fn matmul(dst: &mut [f32], lhs: Matrix, rhs: Matrix, accumulate: bool) {
+    assert!(lhs.cols == rhs.rows && lhs.in_bounds() && rhs.in_bounds());
+    assert_eq!(dst.len(), lhs.rows * rhs.cols);
+    // SAFETY: the asserts keep every index gemm computes from the strides inside the slices.
+    unsafe {
+        gemm::gemm(
+            lhs.rows,
+            rhs.cols,
+            lhs.cols,
+            dst.as_mut_ptr(),
+            1,
+            rhs.cols as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// The forward op; its backward runs `Conv2dGradInput` and `Conv2dGradWeight`.
+struct Conv2dTrain(Geometry);
+
+impl CustomOp2 for Conv2dTrain {
+    fn name(&self) -> &'static str {
+        "conv2d-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let x = contiguous_f32(s1, l1)?;
+        let weight = Matrix::row_major(contiguous_f32(s2, l2)?, g.c_out, g.patch_len());
+        let out_len = g.c_out * g.positions();
+        let mut y = vec![0f32; g.batch * out_len];
+        y.par_chunks_mut(g.group_len() * out_len)
+            .zip(x.par_chunks(g.group_len() * g.in_len()))
+            .for_each(|(y, images)| {
+                let (mut scratch, mut out_scratch) = (Vec::new(), Vec::new());
+                let patches = g.group_patches(images, &mut scratch);
+                let cols = patches.len() / g.patch_len();
+                let patches = Matrix::row_major(patches, g.patch_len(), cols);
+                matmul_into_images(weight, patches, g.positions(), y, &mut out_scratch);
+            });
+        Ok((CpuStorage::F32(y), g.output()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // The network's input image needs no gradient: its (large) product is skipped.
+        let grad_x = match x.track_op() {
+            true => Some(grad.apply_op2_no_bwd(weight, &Conv2dGradInput(self.0))?),
+            false => None,
+        };
+        let grad_weight = x.apply_op2_no_bwd(&grad, &Conv2dGradWeight(self.0))?;
+        Ok((grad_x, Some(grad_weight)))
+    }
+}
+
+/// (grad of the output, weight) -> grad of the input: col2im(W^T @ dY).
+struct Conv2dGradInput(Geometry);
+
+impl CustomOp2 for Conv2dGradInput {
+    fn name(&self) -> &'static str {
+        "conv2d-train-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let grad = contiguous_f32(s1, l1)?;
+        let weight_t = Matrix::row_major(contiguous_f32(s2, l2)?, g.c_out, g.patch_len()).t();
+        let out_len = g.c_out * g.positions();
+        let mut grad_x = vec![0f32; g.batch * g.in_len()];
+        grad_x
+            .par_chunks_mut(g.group_len() * g.in_len())
+            .zip(grad.par_chunks(g.group_len() * out_len))
+            .for_each(|(grad_x, grad)| {
+                let (mut wide_scratch, mut scratch) = (Vec::new(), Vec::new());
+                let wide = to_wide(grad, g.c_out, g.positions(), &mut wide_scratch);
+                let cols = wide.len() / g.c_out;
+                let wide = Matrix::row_major(wide, g.c_out, cols);
+                if g.is_pointwise() {
+                    matmul_into_images(weight_t, wide, g.positions(), grad_x, &mut scratch);
+                    return;
+                }
+                scratch.resize(g.patch_len() * cols, 0.0);
+                matmul(&mut scratch, weight_t, wide, false);
+                for (i, image) in grad_x.chunks_mut(g.in_len()).enumerate() {
+                    g.col2im(&scratch[i * g.positions()..], cols, image);
+                }
+            });
+        Ok((CpuStorage::F32(grad_x), g.input()))
+    }
+}
+
+/// (input, grad of the output) -> grad of the weight: dY @ patches^T, summed over the groups.
+struct Conv2dGradWeight(Geometry);
+
+impl CustomOp2 for Conv2dGradWeight {
+    fn name(&self) -> &'static str {
+        "conv2d-train-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let x = contiguous_f32(s1, l1)?;
+        let grad = contiguous_f32(s2, l2)?;
+        let out_len = g.c_out * g.positions();
+        let weight_len = g.c_out * g.patch_len();
+        let sum = x
+            .par_chunks(g.group_len() * g.in_len())
+            .zip(grad.par_chunks(g.group_len() * out_len))
+            .fold(
+                || (vec![0f32; weight_len], Vec::new(), Vec::new()),
+                |(mut sum, mut scratch, mut wide_scratch), (images, grad)| {
+                    let patches = g.group_patches(images, &mut scratch);
+                    let wide = to_wide(grad, g.c_out, g.positions(), &mut wide_scratch);
+                    let cols = wide.len() / g.c_out;
+                    let patches = Matrix::row_major(patches, g.patch_len(), cols);
+                    let wide = Matrix::row_major(wide, g.c_out, cols);
+                    matmul(&mut sum, wide, patches.t(), true);
+                    (sum, scratch, wide_scratch)
+                },
+            )
+            .map(|(sum, ..)| sum)
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            })
+            .unwrap_or_else(|| vec![0f32; weight_len]);
+        Ok((CpuStorage::F32(sum), g.weight()))
+    }
+}
+
+/// The convolution as explicit im2col from tensor ops and one matmul: the training form for
+/// devices other than the CPU, where candle's own `conv2d` backward would be a direct loop.
+/// (N, C_in, H, W) -> (N, C_out, H_out, W_out)
+fn conv2d_by_matmul(x: &Tensor, conv: &Conv2d) -> Result<Tensor> {
+    let weight = conv.weight();
+    let Conv2dConfig {
+        padding, stride, ..
+    } = *conv.config();
+    let (n, c_in, h, w) = x.dims4()?;
+    let (c_out, _, k, _) = weight.dims4()?;
+    let out_h = (h + 2 * padding - k) / stride + 1;
+    let out_w = (w + 2 * padding - k) / stride + 1;
+    let columns = if k == 1 && stride == 1 {
+        x.reshape((n, c_in, h * w))?
+    } else {
+        // Extra bottom/right zeros so every strided view can fold `stride * out` rows; they never
+        // fall inside a real window.
+        let x = x
+            .pad_with_zeros(2, padding, padding + stride - 1)?
+            .pad_with_zeros(3, padding, padding + stride - 1)?;
+        let mut patches = Vec::with_capacity(k * k);
+        for ky in 0..k {
+            for kx in 0..k {
+                patches.push(strided_view(&x, (ky, kx), (out_h, out_w), stride)?);
+            }
+        }
+        // (N, C_in, k*k, H_out, W_out): the (c, ky, kx) order of the weight's flattening.
+        Tensor::stack(&patches, 2)?.reshape((n, c_in * k * k, out_h * out_w))?
+    };
+    let weight = weight.reshape((c_out, c_in * k * k))?;
+    weight
+        .broadcast_matmul(&columns)?
+        .reshape((n, c_out, out_h, out_w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    /// The fused op's output and both gradients against candle's own `conv2d` and its autograd.
+    fn check(batch: usize, c_in: usize, size: usize, c_out: usize, k: usize, stride: usize) {
+        let padding = k / 2;
+        let device = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (batch, c_in, size, size), &device).unwrap();
+        let weight = Var::randn(0f32, 0.5, (c_out, c_in, k, k), &device).unwrap();
+        let config = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(weight.as_tensor().clone(), None, config);
+        let fused = conv2d_train(x.as_tensor(), &conv).unwrap();
+        let reference = x
+            .as_tensor()
+            .conv2d(weight.as_tensor(), padding, stride, 1, 1)
+            .unwrap();
+        assert_eq!(fused.dims(), reference.dims());
+        let upstream = Tensor::randn(0f32, 1.0, reference.shape(), &device).unwrap();
+        let grads = |y: &Tensor| {
+            let g = (y * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gx = g.get(x.as_tensor()).unwrap().clone();
+            let gw = g.get(weight.as_tensor()).unwrap().clone();
+            (gx, gw)
+        };
+        let (fused_gx, fused_gw) = grads(&fused);
+        let (ref_gx, ref_gw) = grads(&reference);
+        for (what, a, b) in [
+            ("output", &fused, &reference),
+            ("input grad", &fused_gx, &ref_gx),
+            ("weight grad", &fused_gw, &ref_gw),
+        ] {
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-4 * scale.max(1.0),
+                "k {k} stride {stride}: {what} differs by {diff} (scale {scale})"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_candle_conv2d_and_its_gradients_for_resnet_geometries() {
+        check(3, 4, 9, 5, 1, 1); // bottleneck reduce/expand
+        check(3, 4, 9, 5, 1, 2); // downsample
+        check(3, 4, 9, 5, 3, 1); // 3x3
+        check(3, 4, 9, 5, 3, 2); // strided 3x3, odd size
+        check(2, 3, 16, 4, 7, 2); // stem
+        check(1, 2, 4, 3, 3, 2); // a single image
+        check(1, 2, 1, 3, 7, 2); // windows mostly in the padding
+        check(2, 2, 2, 3, 3, 2);
+    }
+
+    #[test]
+    fn input_without_gradient_gets_none() {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 8), &device).unwrap();
+        let weight = Var::randn(0f32, 1.0, (4, 3, 3, 3), &device).unwrap();
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(weight.as_tensor().clone(), None, config);
+        let grads = conv2d_train(&x, &conv)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&x).is_none());
+        assert_eq!(grads.get(weight.as_tensor()).unwrap().dims(), &[4, 3, 3, 3]);
+    }
+
+    #[test]
+    fn mismatched_weight_is_an_error() {
+        let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
+        let weight = Tensor::zeros((4, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let conv = Conv2d::new(weight, None, Conv2dConfig::default());
+        assert!(conv2d_train(&x, &conv).is_err());
+    }
+}
