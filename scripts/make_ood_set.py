@@ -6,15 +6,26 @@ photographs shipped with scikit-image; synthetic images (noise, gradients, check
     python3 -m pip install scikit-image pillow
     python3 scripts/make_ood_set.py --test ../shared/data/covid19-kaggle/test --out /tmp/ood
 
-writes OUT/<kind>/*.png. `--natural-only --max-side 160` writes the small copies of the natural
+writes OUT/<kind>/*.png and OUT/kinds.json (what each kind is, in words; `trainer check-gate
+--record` keeps them in the card for the page). `--natural-only --max-side 160` writes the small copies of the natural
 photographs kept as test fixtures (tests/fixtures/ood/natural). Then `trainer predict --json ... OUT/<kind>/*` gives, per image,
 `in_distribution`; the share flagged is the gate's rejection rate for that kind.
 """
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+
+KINDS = {
+    "inverted": "test radiographs inverted (a negative)",
+    "rotated90": "test radiographs rotated by 90 degrees",
+    "corner_crop": "the top-left quarter of test radiographs",
+    "natural": "photographs and scientific images (scikit-image samples)",
+    "synthetic": "synthetic images: noise, gradients, checkerboard, blank",
+}
 
 
 def radiograph_variants(test_dir, out):
@@ -93,6 +104,7 @@ def main():
         "natural": natural_images(out, args.max_side),
         "synthetic": synthetic_images(out),
     }
+    (out / "kinds.json").write_text(json.dumps(KINDS, indent=2) + "\n")
     print(counts)
 
 

@@ -78,12 +78,21 @@ pub struct GateRecord {
 /// The gate's verdicts on one kind of image unlike the training data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateRejection {
+    /// The kind's folder name, e.g. `rotated90`.
     pub kind: String,
+    /// What the kind is, in words for the page, e.g. "test radiographs rotated by 90 degrees".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     pub flagged: usize,
     pub total: usize,
 }
 
 impl GateRejection {
+    /// The description when there is one, else the kind's folder name.
+    pub fn label(&self) -> &str {
+        self.description.as_deref().unwrap_or(&self.kind)
+    }
+
     pub fn rate(&self) -> f64 {
         self.flagged as f64 / self.total.max(1) as f64
     }

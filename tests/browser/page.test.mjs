@@ -168,6 +168,18 @@ test("a file dropped on the page, or pasted, is classified too", async () => {
   }
 });
 
+test("the model card lists what the gate was checked on, in words", async () => {
+  const rejection = card.ood_gate?.rejection ?? [];
+  const shown = await page.locator(".gate-rejection li").allTextContents();
+  // The percentage is Rust's rounding; the counts say the same.
+  const wanted = rejection.map((r) => `${r.description ?? r.kind}: flags ${r.flagged} of ${r.total} (`);
+  assert.deepEqual(
+    shown.map((text) => text.slice(0, text.lastIndexOf("(") + 1)),
+    wanted,
+  );
+  console.log(`gate checks on the card: ${shown.length}`);
+});
+
 test("the screenshot is kept", async () => {
   await mkdir(ARTIFACTS, { recursive: true });
   const path = join(ARTIFACTS, "page.png");

@@ -2,6 +2,7 @@
 //! rotated radiographs, photographs, synthetic images...) the out-of-distribution gate flags,
 //! optionally recorded in the model card.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,9 @@ use pneumoscope::{Classifier, ModelCard};
 
 use crate::predict::{classify_file, load_classifier};
 
+/// The optional file in a check-gate folder that describes its kinds.
+const KIND_DESCRIPTIONS: &str = "kinds.json";
+
 #[derive(Debug, Args)]
 pub struct CheckGateArgs {
     #[arg(long)]
@@ -20,7 +24,8 @@ pub struct CheckGateArgs {
     /// Model card; its gate is the one checked, and --record writes the rates into it.
     #[arg(long)]
     pub card: PathBuf,
-    /// One sub-folder per kind of unlike image, e.g. from scripts/make_ood_set.py.
+    /// One sub-folder per kind of unlike image, e.g. from scripts/make_ood_set.py; an optional
+    /// `kinds.json` beside them maps folder names to descriptions, which the card keeps.
     #[arg(long)]
     pub data: PathBuf,
     /// Write the rates into the card's gate record (replacing earlier ones).
@@ -41,6 +46,21 @@ fn sorted_entries(dir: &Path, keep: fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// `DIR/kinds.json` (folder name -> description), or no descriptions when there is none.
+fn kind_descriptions(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let path = dir.join(KIND_DESCRIPTIONS);
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected a JSON object of folder name -> description",
+            path.display()
+        )
+    })
+}
+
 /// The gate's verdicts on one folder; unreadable files are reported and left out.
 fn check_kind(classifier: &Classifier, kind: String, dir: &Path) -> Result<GateRejection> {
     let (mut flagged, mut total) = (0, 0);
@@ -55,6 +75,7 @@ fn check_kind(classifier: &Classifier, kind: String, dir: &Path) -> Result<GateR
     }
     Ok(GateRejection {
         kind,
+        description: None,
         flagged,
         total,
     })
@@ -75,18 +96,30 @@ pub fn run(args: &CheckGateArgs, device: &Device) -> Result<Vec<GateRejection>> 
             args.data.display()
         );
     }
+    let descriptions = kind_descriptions(&args.data)?;
+    let folder_names: Vec<String> = kinds
+        .iter()
+        .map(|dir| {
+            dir.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    if let Some(unknown) = descriptions.keys().find(|k| !folder_names.contains(k)) {
+        bail!(
+            "{KIND_DESCRIPTIONS} describes `{unknown}`, which is not a sub-folder of {}",
+            args.data.display()
+        );
+    }
     let mut rejection = Vec::new();
     println!(
         "{:<24} {:>8} {:>6} {:>8}",
         "kind", "flagged", "total", "rate"
     );
-    for dir in kinds {
-        let kind = dir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let result = check_kind(&classifier, kind, &dir)?;
+    for (dir, kind) in kinds.iter().zip(folder_names) {
+        let mut result = check_kind(&classifier, kind, dir)?;
+        result.description = descriptions.get(&result.kind).cloned();
         println!(
             "{:<24} {:>8} {:>6} {:>7.1}%",
             result.kind,
@@ -96,6 +129,7 @@ pub fn run(args: &CheckGateArgs, device: &Device) -> Result<Vec<GateRejection>> 
         );
         rejection.push(result);
     }
+
     if args.record {
         let mut card = ModelCard::from_json(&std::fs::read_to_string(&args.card)?)?;
         let Some(gate) = card.ood_gate.as_mut() else {

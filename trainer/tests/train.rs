@@ -288,6 +288,17 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
         std::fs::copy(data.join("disc").join(&name), same_files.last().unwrap()).unwrap();
     }
     std::fs::write(kinds.join("noise/notes.txt"), "not an image").unwrap();
+    // A description for a kind that has no folder is refused before anything runs.
+    std::fs::write(kinds.join("kinds.json"), r#"{"nois": "typo"}"#).unwrap();
+    let typo = trainer::gate_check::CheckGateArgs {
+        weights: weights.clone(),
+        card: card_path.clone(),
+        data: kinds.clone(),
+        record: true,
+    };
+    let err = trainer::gate_check::run(&typo, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("`nois`"), "{err}");
+    std::fs::write(kinds.join("kinds.json"), r#"{"noise": "coloured stripes"}"#).unwrap();
     let check = trainer::gate_check::CheckGateArgs {
         weights: weights.clone(),
         card: card_path.clone(),
@@ -304,15 +315,15 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
             })
             .count()
     };
-    let kinds_seen: Vec<(&str, usize, usize)> = rejection
+    let kinds_seen: Vec<(&str, &str, usize, usize)> = rejection
         .iter()
-        .map(|r| (r.kind.as_str(), r.flagged, r.total))
+        .map(|r| (r.kind.as_str(), r.label(), r.flagged, r.total))
         .collect();
     assert_eq!(
         kinds_seen,
         [
-            ("noise", flagged_in(&noise_files), 3),
-            ("same", flagged_in(&same_files), 3)
+            ("noise", "coloured stripes", flagged_in(&noise_files), 3),
+            ("same", "same", flagged_in(&same_files), 3)
         ]
     );
     let recorded =

@@ -94,13 +94,17 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             gate.target_true_accept * 100.0
         )
     });
+    let checked = card
+        .ood_gate
+        .as_ref()
+        .is_some_and(|gate| !gate.rejection.is_empty());
     let rejection = card
         .ood_gate
         .iter()
         .flat_map(|gate| gate.rejection.iter())
         .map(|r| {
             view! {
-                <li>{format!("{}: flags {} of {} ({:.0}%)", r.kind, r.flagged, r.total, r.rate() * 100.0)}</li>
+                <li>{format!("{}: flags {} of {} ({:.0}%)", r.label(), r.flagged, r.total, r.rate() * 100.0)}</li>
             }
         })
         .collect_view();
@@ -127,6 +131,7 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             {training}
             {temperature.map(|t| view! { <p>{t}</p> })}
             {gate.map(|g| view! { <p>{g}</p> })}
+            {checked.then(|| view! { <p>"Checked on images unlike its training data, the gate flags:"</p> })}
             <ul class="gate-rejection">{rejection}</ul>
             <h3>"Evaluation"</h3>
             {evaluations}
