@@ -221,6 +221,7 @@ pub fn batch_norm_train(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{grads_of, max_diff_and_scale};
 
     /// Output, gradients and running statistics of the fused op against candle-nn's
     /// `forward_train` (+ candle's ReLU) and autograd.
@@ -246,21 +247,9 @@ mod tests {
             reference
         };
         let upstream = Tensor::randn(0f32, 1.0, fused.shape(), &device).unwrap();
-        let grads = |y: &Tensor| {
-            let g = (y * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            [x.as_tensor(), weight.as_tensor(), bias.as_tensor()]
-                .map(|t| g.get(t).unwrap().flatten_all().unwrap())
-        };
+        let inputs = [x.as_tensor(), weight.as_tensor(), bias.as_tensor()];
         let pairs = [
-            (
-                fused.flatten_all().unwrap(),
-                reference.flatten_all().unwrap(),
-            ),
+            (fused.clone(), reference.clone()),
             (
                 fused_bn.running_mean().clone(),
                 reference_bn.running_mean().clone(),
@@ -271,10 +260,13 @@ mod tests {
             ),
         ]
         .into_iter()
-        .chain(grads(&fused).into_iter().zip(grads(&reference)));
+        .chain(
+            grads_of(&fused, &upstream, &inputs)
+                .into_iter()
+                .zip(grads_of(&reference, &upstream, &inputs)),
+        );
         for (i, (a, b)) in pairs.enumerate() {
-            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-            let diff = diff.to_scalar::<f32>().unwrap();
+            let (diff, _) = max_diff_and_scale(&a, &b);
             assert!(diff < 1e-4, "relu {relu}: value {i} differs by {diff}");
         }
     }

@@ -514,6 +514,7 @@ fn conv2d_by_matmul(x: &Tensor, conv: &Conv2d) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{grads_of, max_diff_and_scale};
     use candle_core::Var;
 
     /// The fused op's output and both gradients against candle's own `conv2d` and its autograd.
@@ -535,33 +536,17 @@ mod tests {
             .unwrap();
         assert_eq!(fused.dims(), reference.dims());
         let upstream = Tensor::randn(0f32, 1.0, reference.shape(), &device).unwrap();
-        let grads = |y: &Tensor| {
-            let g = (y * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gx = g.get(x.as_tensor()).unwrap().clone();
-            let gw = g.get(weight.as_tensor()).unwrap().clone();
-            (gx, gw)
-        };
-        let (fused_gx, fused_gw) = grads(&fused);
-        let (ref_gx, ref_gw) = grads(&reference);
-        for (what, a, b) in [
-            ("output", &fused, &reference),
-            ("input grad", &fused_gx, &ref_gx),
-            ("weight grad", &fused_gw, &ref_gw),
-        ] {
-            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-            let diff = diff.to_scalar::<f32>().unwrap();
-            let scale = b
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+        let inputs = [x.as_tensor(), weight.as_tensor()];
+        let fused_grads = grads_of(&fused, &upstream, &inputs);
+        let reference_grads = grads_of(&reference, &upstream, &inputs);
+        let pairs = [("output", &fused, &reference)].into_iter().chain(
+            ["input grad", "weight grad"]
+                .into_iter()
+                .zip(fused_grads.iter().zip(&reference_grads))
+                .map(|(what, (a, b))| (what, a, b)),
+        );
+        for (what, a, b) in pairs {
+            let (diff, scale) = max_diff_and_scale(a, b);
             assert!(
                 diff <= 1e-4 * scale.max(1.0),
                 "k {k} stride {stride}: {what} differs by {diff} (scale {scale})"

@@ -18,6 +18,8 @@ pub mod model;
 pub mod ood;
 pub mod preprocess;
 pub mod residual;
+#[cfg(test)]
+mod test_util;
 
 pub use card::ModelCard;
 pub use checkpoint::Checkpoint;

@@ -21,6 +21,19 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
 }
 
+/// `f` of each pair of values, in parallel chunks.
+fn map_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(out, (a, b))| {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        });
+    out
+}
+
 struct AddRelu;
 
 impl CustomOp2 for AddRelu {
@@ -36,14 +49,7 @@ impl CustomOp2 for AddRelu {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(y, (a, b))| {
-                for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
-                    *y = (a + b).max(0.0);
-                }
-            });
+        let y = map_pairs(a, b, |a, b| (a + b).max(0.0));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -75,15 +81,7 @@ impl CustomOp2 for ReluGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (grad, y) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let mut passed = vec![0f32; grad.len()];
-        passed
-            .par_chunks_mut(CHUNK)
-            .zip(grad.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-            .for_each(|(passed, (grad, y))| {
-                for ((p, &g), &y) in passed.iter_mut().zip(grad).zip(y) {
-                    *p = if y > 0.0 { g } else { 0.0 };
-                }
-            });
+        let passed = map_pairs(grad, y, |g, y| if y > 0.0 { g } else { 0.0 });
         Ok((CpuStorage::F32(passed), l1.shape().clone()))
     }
 }
@@ -91,6 +89,7 @@ impl CustomOp2 for ReluGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{grads_of, max_diff_and_scale};
     use candle_core::Var;
 
     #[test]
@@ -99,29 +98,16 @@ mod tests {
         let a = Var::randn(0f32, 1.0, (3, 4, 100, 70), &device).unwrap();
         let b = Var::randn(0f32, 1.0, (3, 4, 100, 70), &device).unwrap();
         let upstream = Tensor::randn(0f32, 1.0, (3, 4, 100, 70), &device).unwrap();
-        let run = |y: Tensor| {
-            let grads = (&y * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            [
-                y,
-                grads.get(&a).unwrap().clone(),
-                grads.get(&b).unwrap().clone(),
-            ]
-        };
-        let fused = run(add_relu(&a, &b).unwrap());
-        let reference = run((a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap());
-        for (fused, reference) in fused.iter().zip(&reference) {
-            let diff = (fused - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        let inputs = [a.as_tensor(), b.as_tensor()];
+        let fused = add_relu(&a, &b).unwrap();
+        let reference = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+        let pairs = [(fused.clone(), reference.clone())].into_iter().chain(
+            grads_of(&fused, &upstream, &inputs)
+                .into_iter()
+                .zip(grads_of(&reference, &upstream, &inputs)),
+        );
+        for (fused, reference) in pairs {
+            assert_eq!(max_diff_and_scale(&fused, &reference).0, 0.0);
         }
     }
 }
