@@ -1,12 +1,12 @@
-//! Training-mode convolution as one CPU op: im2col and a gemm per image, images in parallel.
+//! Training-mode convolution as one CPU op: im2col and gemm over groups of images, the groups in
+//! parallel.
 //!
 //! candle's CPU backward of `conv2d` runs a direct (loop) `conv_transpose2d`. Building the
 //! im2col from tensor ops instead (the form other devices still use, `conv2d_by_matmul`) makes
 //! autograd keep a patch tensor k*k times the input per layer and copy it, single-threaded, on
-//! every pass. This op keeps only its input and weight, rebuilds the patches of one image at a
-//! time in the backward pass, and runs every product through gemm. It computes what
-//! `Conv2d::forward` computes for the convolutions ResNet50 has: square kernel, no bias, no groups,
-//! dilation 1.
+//! every pass. This op keeps only its input and weight, rebuilds the patches group by group in the
+//! backward pass, and runs every product through gemm. It computes what `Conv2d::forward`
+//! computes for the convolutions ResNet50 has: square kernel, no bias, no groups, dilation 1.
 
 use std::ops::Range;
 
@@ -506,9 +506,13 @@ fn conv2d_by_matmul(x: &Tensor, conv: &Conv2d) -> Result<Tensor> {
         Tensor::stack(&patches, 2)?.reshape((n, c_in * k * k, out_h * out_w))?
     };
     let weight = weight.reshape((c_out, c_in * k * k))?;
-    weight
+    let y = weight
         .broadcast_matmul(&columns)?
-        .reshape((n, c_out, out_h, out_w))
+        .reshape((n, c_out, out_h, out_w))?;
+    match conv.bias() {
+        Some(bias) => y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?),
+        None => Ok(y),
+    }
 }
 
 #[cfg(test)]
@@ -584,6 +588,24 @@ mod tests {
             .unwrap();
         assert!(grads.get(&x).is_none());
         assert_eq!(grads.get(weight.as_tensor()).unwrap().dims(), &[4, 3, 3, 3]);
+    }
+
+    #[test]
+    fn a_convolution_with_bias_takes_the_tensor_op_path_and_keeps_its_bias() {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &device).unwrap();
+        let weight = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &device).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 4, &device).unwrap();
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(weight, Some(bias), config);
+        let (diff, _) = max_diff_and_scale(
+            &conv2d_train(&x, &conv).unwrap(),
+            &candle_core::Module::forward(&conv, &x).unwrap(),
+        );
+        assert!(diff < 1e-4, "differs by {diff}");
     }
 
     #[test]
