@@ -10,11 +10,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{
-    CpuStorage, CustomOp3, Device, Layout, ModuleT, Result, Shape, Storage, Tensor, Var,
-};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, ModuleT, Result, Shape, Tensor, Var};
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
+
+use crate::cpu_slice::{contiguous_f32, cpu_f32};
+use crate::residual::relu_grad;
 
 struct FusedBatchNormTrain {
     eps: f64,
@@ -56,13 +57,6 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize, eps: f64) -> Vec<Chan
             }
         })
         .collect()
-}
-
-pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("fused batch norm needs contiguous f32 input"),
-    }
 }
 
 impl CustomOp3 for FusedBatchNormTrain {
@@ -129,8 +123,8 @@ impl CustomOp3 for FusedBatchNormTrain {
             .clone();
         // The gradient that reaches the batch norm: the ReLU passes it where its output is > 0.
         let relu = self.relu;
-        let upstream = |i: usize| match relu && ys[i] <= 0.0 {
-            true => 0.0,
+        let upstream = |i: usize| match relu {
+            true => relu_grad(dy[i], ys[i]) as f64,
             false => dy[i] as f64,
         };
         // Per channel: sum(dy) (= d bias) and sum(dy * x_hat) (= d weight).
@@ -169,14 +163,6 @@ impl CustomOp3 for FusedBatchNormTrain {
             Some(Tensor::from_vec(d_weight, c, device)?),
             Some(Tensor::from_vec(d_bias, c, device)?),
         ))
-    }
-}
-
-/// The contiguous f32 data of a tensor's CPU storage, borrowed (no copy).
-fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
-    match storage {
-        Storage::Cpu(cpu) => contiguous_f32(cpu, layout),
-        _ => candle_core::bail!("fused batch norm runs on the CPU only"),
     }
 }
 

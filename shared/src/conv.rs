@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, T
 use candle_nn::{Conv2d, Conv2dConfig};
 use rayon::prelude::*;
 
-use crate::batch_norm::contiguous_f32;
+use crate::cpu_slice::contiguous_f32;
 use crate::model::strided_view;
 
 /// `conv`'s forward in training mode: the fused op for f32 on the CPU, explicit im2col and one
@@ -481,13 +481,18 @@ impl CustomOp2 for Conv2dGradWeight {
 /// (N, C_in, H, W) -> (N, C_out, H_out, W_out)
 fn conv2d_by_matmul(x: &Tensor, conv: &Conv2d) -> Result<Tensor> {
     let weight = conv.weight();
-    let Conv2dConfig {
-        padding, stride, ..
-    } = *conv.config();
-    let (n, c_in, h, w) = x.dims4()?;
-    let (c_out, _, k, _) = weight.dims4()?;
-    let out_h = (h + 2 * padding - k) / stride + 1;
-    let out_w = (w + 2 * padding - k) / stride + 1;
+    let Geometry {
+        batch: n,
+        c_in,
+        h,
+        w,
+        c_out,
+        k,
+        stride,
+        padding,
+        out_h,
+        out_w,
+    } = Geometry::new(x.dims4()?, weight.dims4()?, *conv.config())?;
     let columns = if k == 1 && stride == 1 {
         x.reshape((n, c_in, h * w))?
     } else {

@@ -9,6 +9,7 @@ pub mod card;
 pub mod checkpoint;
 pub mod classifier;
 pub mod conv;
+mod cpu_slice;
 pub mod decode;
 pub mod error;
 pub mod init;

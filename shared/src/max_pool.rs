@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::batch_norm::contiguous_f32;
+use crate::cpu_slice::contiguous_f32;
 
 /// (N, C, H, W) -> (N, C, (H-1)/2+1, (W-1)/2+1), for f32 on the CPU.
 pub(crate) fn max_pool_3x3_stride2(x: &Tensor) -> Result<Tensor> {

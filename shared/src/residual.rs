@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::batch_norm::contiguous_f32;
+use crate::cpu_slice::contiguous_f32;
 
 /// Values per parallel task: large enough that scheduling costs nothing next to the work.
 const CHUNK: usize = 1 << 16;
@@ -65,7 +65,16 @@ impl CustomOp2 for AddRelu {
     }
 }
 
-/// (grad of relu's output, relu's output) -> grad of its input: passed where the output is > 0.
+/// The gradient that passes a ReLU back, given its output `y`: where `y > 0`, as PyTorch.
+pub(crate) fn relu_grad(grad: f32, y: f32) -> f32 {
+    if y > 0.0 {
+        grad
+    } else {
+        0.0
+    }
+}
+
+/// (grad of relu's output, relu's output) -> grad of its input, by `relu_grad`.
 struct ReluGrad;
 
 impl CustomOp2 for ReluGrad {
@@ -81,7 +90,7 @@ impl CustomOp2 for ReluGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (grad, y) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let passed = map_pairs(grad, y, |g, y| if y > 0.0 { g } else { 0.0 });
+        let passed = map_pairs(grad, y, relu_grad);
         Ok((CpuStorage::F32(passed), l1.shape().clone()))
     }
 }

@@ -23,8 +23,8 @@ fn model() -> (VarMap, ResNet50) {
     (varmap, model)
 }
 
-fn input(batch: usize) -> Tensor {
-    Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &Device::Cpu).unwrap()
+fn input(batch: usize, size: usize) -> Tensor {
+    Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu).unwrap()
 }
 
 /// Median seconds of `runs` timed calls after one warm-up.
@@ -60,7 +60,7 @@ fn main() {
         ("inference, batch norms folded (Classifier)", &folded),
     ] {
         for &batch in inference_batches {
-            let x = input(batch);
+            let x = input(batch, 224);
             let runs = if batch == 1 { 9 } else { 3 };
             let s = median_seconds(runs, || {
                 net.forward_t(&x, false)
@@ -86,7 +86,7 @@ fn main() {
     let mut sgd = Sgd::new(params, config);
     // The README's table row at 224 and batch 8, and the shipped recipe's 112 at batch 32.
     for (batch, size) in [(8, 224), (32, 112)] {
-        let x = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu).unwrap();
+        let x = input(batch, size);
         let labels: Vec<u32> = (0..batch as u32).map(|i| i % CLASSES as u32).collect();
         let labels = Tensor::new(labels, &Device::Cpu).unwrap();
         let s = median_seconds(3, || {

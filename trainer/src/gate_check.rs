@@ -62,7 +62,12 @@ fn kind_descriptions(dir: &Path) -> Result<BTreeMap<String, String>> {
 }
 
 /// The gate's verdicts on one folder; unreadable files are reported and left out.
-fn check_kind(classifier: &Classifier, kind: String, dir: &Path) -> Result<GateRejection> {
+fn check_kind(
+    classifier: &Classifier,
+    kind: String,
+    description: Option<String>,
+    dir: &Path,
+) -> Result<GateRejection> {
     let (mut flagged, mut total) = (0, 0);
     for file in sorted_entries(dir, Path::is_file)? {
         match classify_file(classifier, &file) {
@@ -75,7 +80,7 @@ fn check_kind(classifier: &Classifier, kind: String, dir: &Path) -> Result<GateR
     }
     Ok(GateRejection {
         kind,
-        description: None,
+        description,
         flagged,
         total,
     })
@@ -118,8 +123,8 @@ pub fn run(args: &CheckGateArgs, device: &Device) -> Result<Vec<GateRejection>> 
         "kind", "flagged", "total", "rate"
     );
     for (dir, kind) in kinds.iter().zip(folder_names) {
-        let mut result = check_kind(&classifier, kind, dir)?;
-        result.description = descriptions.get(&result.kind).cloned();
+        let description = descriptions.get(&kind).cloned();
+        let result = check_kind(&classifier, kind, description, dir)?;
         println!(
             "{:<24} {:>8} {:>6} {:>7.1}%",
             result.kind,
@@ -129,7 +134,6 @@ pub fn run(args: &CheckGateArgs, device: &Device) -> Result<Vec<GateRejection>> 
         );
         rejection.push(result);
     }
-
     if args.record {
         let mut card = ModelCard::from_json(&std::fs::read_to_string(&args.card)?)?;
         let Some(gate) = card.ood_gate.as_mut() else {
