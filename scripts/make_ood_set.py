@@ -4,7 +4,8 @@ offline: the test radiographs inverted, rotated by 90 degrees and cropped to a c
 photographs shipped with scikit-image; synthetic images (noise, gradients, checkerboards).
 
     python3 -m pip install scikit-image pillow
-    python3 scripts/make_ood_set.py --test ../shared/data/covid19-kaggle/test --out /tmp/ood
+    python3 scripts/make_ood_set.py --test ../shared/data/covid19-kaggle/test --out /tmp/ood \
+        --ct ../shared/data/not-chest-xray/ct-slices
 
 writes OUT/<kind>/*.png and OUT/kinds.json (what each kind is, in words; `trainer check-gate
 --record` keeps them in the card for the page). `--natural-only --max-side 160` writes the small copies of the natural
@@ -25,6 +26,7 @@ KINDS = {
     "corner_crop": "the top-left quarter of test radiographs",
     "natural": "photographs and scientific images (scikit-image samples)",
     "synthetic": "synthetic images: noise, gradients, checkerboard, blank",
+    "ct": "chest CT slices (axial), not radiographs",
 }
 
 
@@ -86,10 +88,21 @@ def synthetic_images(out, seed=0):
     return len(images)
 
 
+def ct_slices(ct_dir, out):
+    """Copies the CT slices as they are (their own encoding is part of what the gate sees)."""
+    files = sorted(p for p in Path(ct_dir).iterdir() if p.is_file())
+    (out / "ct").mkdir(parents=True, exist_ok=True)
+    for path in files:
+        (out / "ct" / path.name).write_bytes(path.read_bytes())
+    return len(files)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--test")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--ct", help="folder of chest CT slices (kind `ct`), e.g. "
+                        "../shared/data/not-chest-xray/ct-slices")
     parser.add_argument("--natural-only", action="store_true")
     parser.add_argument("--max-side", type=int, help="shrink natural photographs to this side")
     args = parser.parse_args()
@@ -104,7 +117,12 @@ def main():
         "natural": natural_images(out, args.max_side),
         "synthetic": synthetic_images(out),
     }
-    (out / "kinds.json").write_text(json.dumps(KINDS, indent=2) + "\n")
+    kinds = dict(KINDS)
+    if args.ct:
+        counts["ct"] = ct_slices(args.ct, out)
+    else:
+        del kinds["ct"]
+    (out / "kinds.json").write_text(json.dumps(kinds, indent=2) + "\n")
     print(counts)
 
 

@@ -42,6 +42,9 @@ pub struct DatasetRecord {
     pub per_class: Vec<(String, usize)>,
     pub train_per_class: Vec<usize>,
     pub validation_per_class: Vec<usize>,
+    /// (source collection, training images) where sources are known.
+    #[serde(default)]
+    pub train_per_source: Vec<(String, usize)>,
     /// Files that could not be decoded and were left out, with the reason.
     pub skipped: Vec<(String, String)>,
 }
@@ -72,6 +75,20 @@ pub struct Evaluation {
     /// Share of this set's images that the out-of-distribution gate flagged.
     #[serde(default)]
     pub gate_flagged_rate: Option<f64>,
+    /// The same per source collection and per age group, where the data says.
+    #[serde(default)]
+    pub groups: Vec<GroupEvaluation>,
+}
+
+/// The results on one part of an evaluation set: the images of one source collection or one age
+/// group, so a clinician sees where the model holds and where it does not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupEvaluation {
+    /// What the parts are told apart by: "source" or "age group".
+    pub by: String,
+    pub name: String,
+    /// Over the classes this part holds or was given (scikit-learn's default).
+    pub report: ClassificationReport,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

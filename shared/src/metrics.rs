@@ -98,6 +98,24 @@ impl ClassificationReport {
         }
     }
 
+    /// scikit-learn's `classification_report(y_true, y_pred)` without `labels`: only the classes
+    /// that occur among the true or the predicted ones, in `labels`' order. For a part of a test
+    /// set that holds some classes only (one source, one age group).
+    pub fn of_present_classes(pairs: &[(usize, usize)], labels: &[String]) -> Self {
+        let present: Vec<usize> = (0..labels.len())
+            .filter(|&c| pairs.iter().any(|&(t, p)| t == c || p == c))
+            .collect();
+        let position = |c: usize| present.iter().position(|&x| x == c).expect("present");
+        let remapped: Vec<(usize, usize)> = pairs
+            .iter()
+            .map(|&(t, p)| (position(t), position(p)))
+            .collect();
+        Self::from_confusion(
+            confusion_matrix(&remapped, present.len()),
+            present.iter().map(|&c| labels[c].clone()).collect(),
+        )
+    }
+
     /// The report as scikit-learn prints it (digits=4).
     pub fn to_text(&self) -> String {
         let width = self
@@ -150,6 +168,22 @@ mod tests {
         assert!(close(report.macro_avg.f1, 0.7527));
         assert!(close(report.weighted_avg.precision, 0.7491));
         assert_eq!(report.weighted_avg.support, 16);
+    }
+
+    #[test]
+    fn a_part_reports_only_the_classes_it_holds_or_was_given() {
+        let labels: Vec<String> = ["Covid", "Normal", "Viral"].map(String::from).to_vec();
+        // Normal and Viral radiographs; one Normal called Covid, none called Viral.
+        let report = ClassificationReport::of_present_classes(&[(1, 1), (1, 0), (2, 1)], &labels);
+        assert_eq!(report.labels, ["Covid", "Normal", "Viral"]);
+        assert_eq!(
+            report.confusion,
+            vec![vec![0, 0, 0], vec![1, 1, 0], vec![0, 1, 0]]
+        );
+        let normals = ClassificationReport::of_present_classes(&[(1, 1), (1, 1)], &labels);
+        assert_eq!(normals.labels, ["Normal"]);
+        assert_eq!(normals.per_class[0].recall, 1.0);
+        assert_eq!(normals.accuracy, 1.0);
     }
 
     #[test]

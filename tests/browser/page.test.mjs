@@ -180,6 +180,21 @@ test("the model card lists what the gate was checked on, in words", async () => 
   console.log(`gate checks on the card: ${shown.length}`);
 });
 
+test("the model card shows each evaluation per source and age group", async () => {
+  const withGroups = (card.evaluations ?? []).filter((e) => (e.groups ?? []).length > 1);
+  const tables = page.getByTestId("evaluation-groups");
+  assert.equal(await tables.count(), withGroups.length);
+  for (const [index, evaluation] of withGroups.entries()) {
+    const rows = await tables.nth(index).locator("tbody tr").allTextContents();
+    assert.equal(rows.length, evaluation.groups.length, evaluation.name);
+    for (const [row, group] of evaluation.groups.entries()) {
+      assert.ok(rows[row].includes(group.name), `${evaluation.name}: ${rows[row]}`);
+      assert.ok(rows[row].includes(group.report.accuracy.toFixed(3)), `${evaluation.name}: ${rows[row]}`);
+    }
+  }
+  console.log(`evaluations with per-source tables: ${withGroups.length}`);
+});
+
 test("the screenshot is kept", async () => {
   await mkdir(ARTIFACTS, { recursive: true });
   const path = join(ARTIFACTS, "page.png");

@@ -1,8 +1,18 @@
-//! The seed paper's augmentation: random rotation, scaling and translation (torchvision's
-//! `RandomAffine`), applied to cached (3, H, W) images in [0, 1] with bilinear sampling and black
-//! fill. Every draw comes from (seed, epoch, sample), so a run and its resumption see the same
+//! Training augmentation on cached (3, side, side) images in [0, 1]:
+//! - the seed paper's random rotation, scaling and translation (torchvision's `RandomAffine`,
+//!   bilinear sampling, black fill);
+//! - against shortcuts that tell sources apart rather than diseases: a random resized crop with
+//!   aspect-ratio jitter (one public copy squashed every image to 640x640), brightness, contrast
+//!   and gamma (each collection was exposed and post-processed its own way), and JPEG re-encoding
+//!   at a random quality (each was compressed its own way).
+//!
+//! Every draw comes from (seed, epoch, draw index), so a run and its resumption see the same
 //! images.
 
+use std::io::Cursor;
+
+use image::codecs::jpeg::JpegEncoder;
+use image::{ExtendedColorType, ImageDecoder};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -14,54 +24,191 @@ pub struct Augmentation {
     pub translate_fraction: f32,
     /// Scale drawn from [1 - s, 1 + s].
     pub scale_delta: f32,
+    /// Random resized crop: the window covers a share of the cached image's area drawn from
+    /// [min, 1] (1: off, the centre crop is used).
+    #[serde(default = "one")]
+    pub crop_area_min: f32,
+    /// The window's aspect ratio (width / height) is drawn log-uniformly from [1/a, a].
+    #[serde(default = "one")]
+    pub aspect_max: f32,
+    /// Additive brightness drawn from [-b, b].
+    #[serde(default)]
+    pub brightness: f32,
+    /// Contrast factor about the image mean drawn from [1 - c, 1 + c].
+    #[serde(default)]
+    pub contrast: f32,
+    /// Gamma drawn log-uniformly from [1/(1 + g), 1 + g].
+    #[serde(default)]
+    pub gamma: f32,
+    /// Share of images re-encoded as JPEG.
+    #[serde(default)]
+    pub jpeg_probability: f32,
+    /// Lowest JPEG quality drawn (up to 95).
+    #[serde(default = "default_jpeg_quality")]
+    pub jpeg_quality_min: u8,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn default_jpeg_quality() -> u8 {
+    40
+}
+
+impl Default for Augmentation {
+    /// No augmentation at all.
+    fn default() -> Self {
+        Self {
+            rotation_degrees: 0.0,
+            translate_fraction: 0.0,
+            scale_delta: 0.0,
+            crop_area_min: 1.0,
+            aspect_max: 1.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            gamma: 0.0,
+            jpeg_probability: 0.0,
+            jpeg_quality_min: default_jpeg_quality(),
+        }
+    }
+}
+
+/// The part of the cached image that becomes the network's input, in its pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    pub left: f32,
+    pub top: f32,
+    pub width: f32,
+    pub height: f32,
+}
+
+impl Window {
+    /// torchvision's centre crop of `out` pixels from a `side`-pixel image.
+    pub fn centre(side: usize, out: usize) -> Self {
+        let offset = ((side as f32 - out as f32) / 2.0)
+            .round_ties_even()
+            .max(0.0);
+        Self {
+            left: offset,
+            top: offset,
+            width: out as f32,
+            height: out as f32,
+        }
+    }
+}
+
+/// Symmetric draw from [-range, range]; 0 when the range is 0.
+fn symmetric(rng: &mut StdRng, range: f32) -> f32 {
+    if range > 0.0 {
+        rng.random_range(-range..=range)
+    } else {
+        0.0
+    }
+}
+
+/// Log-uniform draw from [1/max, max].
+fn log_uniform(rng: &mut StdRng, max: f32) -> f32 {
+    symmetric(rng, max.max(1.0).ln()).exp()
 }
 
 impl Augmentation {
-    pub fn is_identity(&self) -> bool {
-        self.rotation_degrees == 0.0 && self.translate_fraction == 0.0 && self.scale_delta == 0.0
-    }
-
-    /// A reproducible generator for one sample in one epoch.
-    pub fn rng(seed: u64, epoch: usize, sample: usize) -> StdRng {
+    /// A reproducible generator for one draw in one epoch.
+    pub fn rng(seed: u64, epoch: usize, draw: usize) -> StdRng {
         let mixed = seed
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add((epoch as u64) << 32)
-            .wrapping_add(sample as u64);
+            .wrapping_add(draw as u64);
         StdRng::seed_from_u64(mixed)
     }
 
-    /// Returns the transformed copy of `chw` (3, side, side).
-    pub fn apply(&self, chw: &[f32], side: usize, rng: &mut StdRng) -> Vec<f32> {
-        if self.is_identity() {
-            return chw.to_vec();
+    pub fn random_crop(&self) -> bool {
+        self.crop_area_min < 1.0 || self.aspect_max > 1.0
+    }
+
+    /// The window a random resized crop takes from a `side`-pixel image (torchvision's
+    /// `RandomResizedCrop` draw, clamped to the image), or the centre crop when off.
+    pub fn window(&self, side: usize, out: usize, rng: &mut StdRng) -> Window {
+        if !self.random_crop() {
+            return Window::centre(side, out);
         }
-        let mut draw = |range: f32| {
-            if range > 0.0 {
-                rng.random_range(-range..=range)
-            } else {
-                0.0
-            }
+        let area = rng.random_range(self.crop_area_min.clamp(0.05, 1.0)..=1.0);
+        let aspect = log_uniform(rng, self.aspect_max);
+        let full = side as f32;
+        let width = (full * (area * aspect).sqrt()).min(full);
+        let height = (full * (area / aspect).sqrt()).min(full);
+        Window {
+            left: rng.random_range(0.0..=full - width),
+            top: rng.random_range(0.0..=full - height),
+            width,
+            height,
+        }
+    }
+
+    /// The augmented network input (3, out, out) from a cached (3, side, side) image.
+    pub fn apply(&self, chw: &[f32], side: usize, out: usize, rng: &mut StdRng) -> Vec<f32> {
+        let window = self.window(side, out, rng);
+        let affine = Affine {
+            angle: symmetric(rng, self.rotation_degrees).to_radians(),
+            translate_x: symmetric(rng, self.translate_fraction) * out as f32,
+            translate_y: symmetric(rng, self.translate_fraction) * out as f32,
+            scale: 1.0 + symmetric(rng, self.scale_delta),
         };
-        let angle = draw(self.rotation_degrees).to_radians();
-        let tx = draw(self.translate_fraction) * side as f32;
-        let ty = draw(self.translate_fraction) * side as f32;
-        let scale = 1.0 + draw(self.scale_delta);
-        warp(chw, side, angle, scale, tx, ty)
+        let mut image = warp(chw, side, window, affine, out);
+        self.adjust_intensity(&mut image, rng);
+        if self.jpeg_probability > 0.0 && rng.random::<f32>() < self.jpeg_probability {
+            let quality = rng.random_range(self.jpeg_quality_min.clamp(1, 95)..=95);
+            if let Some(encoded) = jpeg_round_trip(&image, out, quality) {
+                image = encoded;
+            }
+        }
+        image
+    }
+
+    /// Contrast about the mean, brightness, then gamma, all channels alike; values stay in [0, 1].
+    fn adjust_intensity(&self, image: &mut [f32], rng: &mut StdRng) {
+        if self.brightness == 0.0 && self.contrast == 0.0 && self.gamma == 0.0 {
+            return;
+        }
+        let contrast = 1.0 + symmetric(rng, self.contrast);
+        let brightness = symmetric(rng, self.brightness);
+        let gamma = log_uniform(rng, 1.0 + self.gamma);
+        let mean = image.iter().sum::<f32>() / image.len().max(1) as f32;
+        for v in image.iter_mut() {
+            let shifted = (mean + contrast * (*v - mean) + brightness).clamp(0.0, 1.0);
+            *v = shifted.powf(gamma);
+        }
     }
 }
 
-/// Rotation by `angle` and scaling by `scale` about the centre, then a shift of (tx, ty) pixels:
-/// each output pixel samples the input at the inverse-mapped point.
-fn warp(chw: &[f32], side: usize, angle: f32, scale: f32, tx: f32, ty: f32) -> Vec<f32> {
-    let plane = side * side;
-    let centre = (side as f32 - 1.0) / 2.0;
-    let (sin, cos) = angle.sin_cos();
-    let mut out = vec![0f32; chw.len()];
-    for y in 0..side {
-        for x in 0..side {
-            let (dx, dy) = (x as f32 - centre - tx, y as f32 - centre - ty);
-            let sx = (cos * dx + sin * dy) / scale + centre;
-            let sy = (-sin * dx + cos * dy) / scale + centre;
+/// Rotation by `angle` and scaling by `scale` about the output's centre, then a shift, in output
+/// pixels.
+#[derive(Debug, Clone, Copy)]
+struct Affine {
+    angle: f32,
+    translate_x: f32,
+    translate_y: f32,
+    scale: f32,
+}
+
+/// Each output pixel samples the source at its inverse-mapped point: through the affine map into
+/// the window, then into the `side`-pixel source (bilinear, black outside).
+fn warp(chw: &[f32], side: usize, window: Window, affine: Affine, out: usize) -> Vec<f32> {
+    let (plane, out_plane) = (side * side, out * out);
+    let centre = (out as f32 - 1.0) / 2.0;
+    let (sin, cos) = affine.angle.sin_cos();
+    let (step_x, step_y) = (window.width / out as f32, window.height / out as f32);
+    let mut result = vec![0f32; 3 * out_plane];
+    for y in 0..out {
+        for x in 0..out {
+            let (dx, dy) = (
+                x as f32 - centre - affine.translate_x,
+                y as f32 - centre - affine.translate_y,
+            );
+            let wx = (cos * dx + sin * dy) / affine.scale + centre;
+            let wy = (-sin * dx + cos * dy) / affine.scale + centre;
+            let sx = window.left + (wx + 0.5) * step_x - 0.5;
+            let sy = window.top + (wy + 0.5) * step_y - 0.5;
             let (x0, y0) = (sx.floor(), sy.floor());
             let (fx, fy) = (sx - x0, sy - y0);
             for c in 0..3 {
@@ -74,45 +221,206 @@ fn warp(chw: &[f32], side: usize, angle: f32, scale: f32, tx: f32, ty: f32) -> V
                 };
                 let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1.0, y0) * fx;
                 let bottom = at(x0, y0 + 1.0) * (1.0 - fx) + at(x0 + 1.0, y0 + 1.0) * fx;
-                out[c * plane + y * side + x] = top * (1.0 - fy) + bottom * fy;
+                result[c * out_plane + y * out + x] = top * (1.0 - fy) + bottom * fy;
             }
         }
     }
-    out
+    result
+}
+
+/// The image encoded as an RGB JPEG at `quality` and decoded again; `None` if the codec fails
+/// (the caller keeps the image as it was).
+fn jpeg_round_trip(chw: &[f32], side: usize, quality: u8) -> Option<Vec<f32>> {
+    let plane = side * side;
+    let mut rgb = vec![0u8; 3 * plane];
+    for i in 0..plane {
+        for c in 0..3 {
+            rgb[3 * i + c] = (chw[c * plane + i] * 255.0).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    let mut encoded = Vec::new();
+    JpegEncoder::new_with_quality(&mut encoded, quality)
+        .encode(&rgb, side as u32, side as u32, ExtendedColorType::Rgb8)
+        .ok()?;
+    let decoder = image::codecs::jpeg::JpegDecoder::new(Cursor::new(encoded)).ok()?;
+    let mut decoded = vec![0u8; decoder.total_bytes() as usize];
+    decoder.read_image(&mut decoded).ok()?;
+    if decoded.len() != rgb.len() {
+        return None;
+    }
+    let mut result = vec![0f32; 3 * plane];
+    for i in 0..plane {
+        for c in 0..3 {
+            result[c * plane + i] = f32::from(decoded[3 * i + c]) / 255.0;
+        }
+    }
+    Some(result)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn identity_parameters_leave_the_image_unchanged() {
-        let image: Vec<f32> = (0..3 * 16 * 16).map(|i| (i % 17) as f32 / 17.0).collect();
-        let out = warp(&image, 16, 0.0, 1.0, 0.0, 0.0);
-        assert!(image.iter().zip(&out).all(|(a, b)| (a - b).abs() < 1e-6));
+    fn ramp(side: usize) -> Vec<f32> {
+        (0..3 * side * side)
+            .map(|i| (i % 29) as f32 / 29.0)
+            .collect()
     }
 
-    #[test]
-    fn draws_are_reproducible_per_seed_epoch_and_sample() {
-        let aug = Augmentation {
+    fn paper() -> Augmentation {
+        Augmentation {
             rotation_degrees: 10.0,
             translate_fraction: 0.1,
             scale_delta: 0.1,
-        };
-        let image: Vec<f32> = (0..3 * 32 * 32).map(|i| (i % 29) as f32 / 29.0).collect();
-        let a = aug.apply(&image, 32, &mut Augmentation::rng(1, 2, 3));
-        let b = aug.apply(&image, 32, &mut Augmentation::rng(1, 2, 3));
-        let c = aug.apply(&image, 32, &mut Augmentation::rng(1, 3, 3));
-        assert_eq!(a, b);
-        assert_ne!(a, c);
+            ..Augmentation::default()
+        }
+    }
+
+    fn against_shortcuts() -> Augmentation {
+        Augmentation {
+            crop_area_min: 0.5,
+            aspect_max: 1.33,
+            brightness: 0.1,
+            contrast: 0.2,
+            gamma: 0.3,
+            jpeg_probability: 1.0,
+            jpeg_quality_min: 30,
+            ..paper()
+        }
+    }
+
+    #[test]
+    fn no_augmentation_is_the_centre_crop() {
+        let image = ramp(20);
+        let out = Augmentation::default().apply(&image, 20, 16, &mut Augmentation::rng(0, 0, 0));
+        assert_eq!(out.len(), 3 * 16 * 16);
+        for c in 0..3 {
+            for y in 0..16 {
+                for x in 0..16 {
+                    let expected = image[c * 400 + (y + 2) * 20 + x + 2];
+                    assert!((out[c * 256 + y * 16 + x] - expected).abs() < 1e-6);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn draws_are_reproducible_per_seed_epoch_and_draw() {
+        for aug in [paper(), against_shortcuts()] {
+            let image = ramp(40);
+            let a = aug.apply(&image, 40, 32, &mut Augmentation::rng(1, 2, 3));
+            let b = aug.apply(&image, 40, 32, &mut Augmentation::rng(1, 2, 3));
+            let c = aug.apply(&image, 40, 32, &mut Augmentation::rng(1, 3, 3));
+            assert_eq!(a, b);
+            assert_ne!(a, c);
+            assert_eq!(a.len(), 3 * 32 * 32);
+            assert!(
+                a.iter().all(|v| (0.0..=1.0).contains(v)),
+                "values in [0, 1]"
+            );
+        }
     }
 
     #[test]
     fn a_shift_moves_content_and_fills_black() {
         let side = 8;
         let image = vec![1.0f32; 3 * side * side];
-        let out = warp(&image, side, 0.0, 1.0, 2.0, 0.0);
+        let shift = Affine {
+            angle: 0.0,
+            translate_x: 2.0,
+            translate_y: 0.0,
+            scale: 1.0,
+        };
+        let out = warp(&image, side, Window::centre(side, side), shift, side);
         assert_eq!(out[0], 0.0); // the two left columns came from outside
         assert_eq!(out[side - 1], 1.0);
+    }
+
+    #[test]
+    fn windows_stay_inside_and_their_aspect_really_varies() {
+        let aug = against_shortcuts();
+        let mut rng = Augmentation::rng(7, 0, 0);
+        let aspects: Vec<f32> = (0..500)
+            .map(|_| {
+                let w = aug.window(128, 112, &mut rng);
+                assert!(w.left >= 0.0 && w.top >= 0.0);
+                assert!(w.left + w.width <= 128.001 && w.top + w.height <= 128.001);
+                let area = w.width * w.height / (128.0 * 128.0);
+                assert!((0.4..=1.0001).contains(&area), "area {area}");
+                w.width / w.height
+            })
+            .collect();
+        let (lo, hi) = aspects
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(lo, hi), &a| (lo.min(a), hi.max(a)));
+        assert!(lo < 0.85 && hi > 1.15, "aspect range {lo}..{hi}");
+        assert!(
+            lo >= 1.0 / 1.34 && hi <= 1.34 * 1.34,
+            "aspect range {lo}..{hi}"
+        );
+    }
+
+    #[test]
+    fn a_wide_window_squeezes_a_square_into_a_tall_shape() {
+        // A bright 16x16 square in a 64-pixel image, seen through a window twice as wide as tall.
+        let side = 64;
+        let mut image = vec![0f32; 3 * side * side];
+        for c in 0..3 {
+            for y in 24..40 {
+                for x in 24..40 {
+                    image[c * side * side + y * side + x] = 1.0;
+                }
+            }
+        }
+        let window = Window {
+            left: 0.0,
+            top: 16.0,
+            width: 64.0,
+            height: 32.0,
+        };
+        let still = Affine {
+            angle: 0.0,
+            translate_x: 0.0,
+            translate_y: 0.0,
+            scale: 1.0,
+        };
+        let out = warp(&image, side, window, still, 32);
+        let bright = |i: usize| out[i] > 0.5;
+        let width = (0..32).filter(|&x| bright(16 * 32 + x)).count();
+        let height = (0..32).filter(|&y| bright(y * 32 + 16)).count();
+        assert_eq!((width, height), (8, 16));
+    }
+
+    #[test]
+    fn intensity_changes_keep_values_in_range_and_change_them() {
+        let aug = Augmentation {
+            brightness: 0.2,
+            contrast: 0.3,
+            gamma: 0.5,
+            ..Augmentation::default()
+        };
+        let image = ramp(16);
+        let out = aug.apply(&image, 16, 16, &mut Augmentation::rng(3, 0, 1));
+        assert!(out.iter().all(|v| (0.0..=1.0).contains(v)));
+        let moved: f32 = out.iter().zip(&image).map(|(a, b)| (a - b).abs()).sum();
+        assert!(moved > 1.0, "intensities changed ({moved})");
+    }
+
+    #[test]
+    fn jpeg_round_trip_is_lossy_but_close() {
+        let image = ramp(32);
+        let low = jpeg_round_trip(&image, 32, 20).unwrap();
+        let error = |other: &[f32]| -> f32 {
+            other
+                .iter()
+                .zip(&image)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f32>()
+                / image.len() as f32
+        };
+        let high = jpeg_round_trip(&image, 32, 95).unwrap();
+        assert!(error(&low) > error(&high), "lower quality loses more");
+        assert!(error(&high) < 0.05);
+        assert!(error(&low) > 0.0);
     }
 }

@@ -14,9 +14,10 @@ use pneumoscope::checkpoint::{to_safetensors_bytes, write_atomic};
 use pneumoscope::ood::{GateFeatures, GateRecord};
 use pneumoscope::Classifier;
 
-use crate::data::{load, normalized_batch, stratified_split, ImageFolder};
+use crate::data::normalized_batch;
 use crate::gate::{fit_mahalanobis, threshold_for_true_accept};
 use crate::predict::load_classifier;
+use crate::training::{prepare_data, PreparedData, TrainArgs};
 
 #[derive(Debug, Args)]
 pub struct CalibrateArgs {
@@ -26,9 +27,10 @@ pub struct CalibrateArgs {
     /// The run's model card; gets the temperature and the gate.
     #[arg(long)]
     pub card: PathBuf,
-    /// The training ImageFolder the run used (its content hash must match the card's).
+    /// The training ImageFolder(s) the run used, where they have moved since (default: the paths
+    /// in the card); their content hash must match the card's.
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: Vec<PathBuf>,
     /// What the gate reads: layer2-stats (each layer2 channel's mean and standard deviation) or
     /// pooled (the 2048-d features the head sees).
     #[arg(long, default_value = "layer2-stats")]
@@ -72,10 +74,11 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
         .training
         .clone()
         .context("the card records no training run, so its split is unknown")?;
-    let seed = training.config["seed"].as_u64().context("card: no seed")?;
-    let val_fraction = training.config["val_fraction"]
-        .as_f64()
-        .context("card: no val_fraction")?;
+    let mut run_args: TrainArgs = serde_json::from_value(training.config.clone())
+        .context("the card's training configuration cannot be read")?;
+    if !args.data.is_empty() {
+        run_args.data = args.data.clone();
+    }
     // Raw logits: calibrate against the uncalibrated model.
     card.temperature = None;
     card.ood_gate = None;
@@ -85,18 +88,26 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
         let checkpoint = pneumoscope::Checkpoint::from_bytes(&bytes, device)?;
         Classifier::new(checkpoint, Some(&card), device)?
     };
-    let folder = ImageFolder::scan(&args.data)?;
-    folder.expect_classes(classifier.classes())?;
-    let images = load(&folder, classifier.preprocessing())?;
+    let PreparedData {
+        images,
+        train: train_idx,
+        validation: val_idx,
+    } = prepare_data(&run_args, classifier.preprocessing())?;
+    if images.classes != classifier.classes() {
+        bail!(
+            "the data has classes {:?}, the model {:?}",
+            images.classes,
+            classifier.classes()
+        );
+    }
     if images.record.content_sha256 != training.data.content_sha256 {
         bail!(
             "{} is not the data this model was trained on (content hash differs); the split would not be its split",
-            args.data.display()
+            images.record.root
         );
     }
     let labels: Vec<usize> = images.samples.iter().map(|s| s.label).collect();
     let classes = images.classes.len();
-    let (train_idx, val_idx) = stratified_split(&labels, classes, val_fraction, seed);
     println!(
         "computing outputs for {} training and {} validation images",
         train_idx.len(),

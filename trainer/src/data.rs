@@ -12,6 +12,8 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use rayon::prelude::*;
 
+use crate::provenance::{Manifest, Provenance};
+
 /// One labelled file of an ImageFolder tree.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -19,14 +21,18 @@ pub struct Sample {
     /// "class/file.png", the name used in exclude lists and reports.
     pub relative: String,
     pub label: usize,
+    pub provenance: Provenance,
 }
 
-/// An ImageFolder tree: one sub-folder per class, class names from the sorted folder names.
+/// An ImageFolder tree: one sub-folder per class, class names from the sorted folder names; or
+/// several such trees with the same classes, read as one.
 #[derive(Debug, Clone)]
 pub struct ImageFolder {
-    pub root: PathBuf,
+    pub roots: Vec<PathBuf>,
     pub classes: Vec<String>,
     pub samples: Vec<Sample>,
+    /// Class folders that `scan_classes` was told to leave out.
+    pub left_out_classes: Vec<String>,
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -47,10 +53,29 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 impl ImageFolder {
     /// Scans `root`. Fewer than two classes, or a class folder without files, is an error.
     pub fn scan(root: &Path) -> Result<Self> {
-        let class_dirs: Vec<PathBuf> = sorted_entries(root)?
+        Self::scan_classes(root, None)
+    }
+
+    /// Scans `root`, keeping only the class folders named in `only` (when given; each must
+    /// exist), so a three-class model can read a five-class corpus.
+    pub fn scan_classes(root: &Path, only: Option<&[String]>) -> Result<Self> {
+        let mut class_dirs: Vec<PathBuf> = sorted_entries(root)?
             .into_iter()
             .filter(|p| p.is_dir())
             .collect();
+        let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().to_string();
+        let mut left_out_classes = Vec::new();
+        if let Some(only) = only {
+            let present: Vec<String> = class_dirs.iter().map(name).collect();
+            if let Some(missing) = only.iter().find(|c| !present.contains(c)) {
+                bail!(
+                    "{} has no class folder `{missing}` (it has {present:?})",
+                    root.display()
+                );
+            }
+            left_out_classes = present.into_iter().filter(|c| !only.contains(c)).collect();
+            class_dirs.retain(|p| only.contains(&name(p)));
+        }
         if class_dirs.len() < 2 {
             bail!(
                 "{} has {} class folder(s); an ImageFolder needs one folder per class and at least two classes",
@@ -58,10 +83,11 @@ impl ImageFolder {
                 class_dirs.len()
             );
         }
+        let manifest = Manifest::for_folder(root)?;
         let mut classes = Vec::new();
         let mut samples = Vec::new();
         for (label, dir) in class_dirs.iter().enumerate() {
-            let class = dir.file_name().unwrap().to_string_lossy().to_string();
+            let class = name(dir);
             let files: Vec<PathBuf> = sorted_entries(dir)?
                 .into_iter()
                 .filter(|p| p.is_file())
@@ -71,19 +97,47 @@ impl ImageFolder {
             }
             for path in files {
                 let relative = format!("{class}/{}", path.file_name().unwrap().to_string_lossy());
+                let provenance = manifest.provenance(root, &path);
                 samples.push(Sample {
                     path,
                     relative,
                     label,
+                    provenance,
                 });
             }
             classes.push(class);
         }
         Ok(Self {
-            root: root.to_path_buf(),
+            roots: vec![root.to_path_buf()],
             classes,
             samples,
+            left_out_classes,
         })
+    }
+
+    /// Scans every root (keeping the classes in `only`, when given) and reads them as one
+    /// folder; all must have the same classes.
+    pub fn scan_all(roots: &[PathBuf], only: Option<&[String]>) -> Result<Self> {
+        let Some((first, rest)) = roots.split_first() else {
+            bail!("no data folder given");
+        };
+        let mut merged = Self::scan_classes(first, only)?;
+        for root in rest {
+            let next = Self::scan_classes(root, only)?;
+            next.expect_classes(&merged.classes)?;
+            merged.roots.extend(next.roots);
+            merged.samples.extend(next.samples);
+        }
+        Ok(merged)
+    }
+
+    /// The folder paths, joined by " + ".
+    pub fn describe(&self) -> String {
+        self.roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
     }
 
     /// Checks that this folder has exactly the model's classes, in the same order.
@@ -91,7 +145,7 @@ impl ImageFolder {
         if self.classes != expected {
             bail!(
                 "{} has classes {:?}, the model has {:?}",
-                self.root.display(),
+                self.describe(),
                 self.classes,
                 expected
             );
@@ -114,7 +168,7 @@ impl ImageFolder {
             unknown.sort();
             bail!(
                 "exclude list names files not in {}: {unknown:?}",
-                self.root.display()
+                self.describe()
             );
         }
         let mut removed: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -185,16 +239,17 @@ pub fn load(folder: &ImageFolder, preprocessing: &Preprocessing) -> Result<Cache
     if let Some((class, _)) = per_class.iter().find(|(_, n)| *n == 0) {
         bail!(
             "class `{class}` has no readable image in {}",
-            folder.root.display()
+            folder.describe()
         );
     }
     let record = DatasetRecord {
-        root: folder.root.display().to_string(),
+        root: folder.describe(),
         files: samples.len(),
         content_sha256: sha256_hex(manifest.as_bytes()),
         per_class,
         train_per_class: Vec::new(),
         validation_per_class: Vec::new(),
+        train_per_source: Vec::new(),
         skipped,
     };
     Ok(CachedImages {
@@ -251,6 +306,17 @@ pub fn stratified_split(
     (train, validation)
 }
 
+/// Images per source among `indices`, sorted by source name.
+pub fn source_counts(samples: &[Sample], indices: &[usize]) -> Vec<(String, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for &i in indices {
+        *counts
+            .entry(samples[i].provenance.source.clone())
+            .or_insert(0) += 1;
+    }
+    counts.into_iter().collect()
+}
+
 /// Images per class among `indices`.
 pub fn class_counts(labels: &[usize], indices: &[usize], num_classes: usize) -> Vec<usize> {
     let mut counts = vec![0; num_classes];
@@ -285,14 +351,16 @@ mod tests {
     #[test]
     fn exclude_removes_listed_files_and_refuses_unknown_names() {
         let mut folder = ImageFolder {
-            root: PathBuf::from("/data"),
+            roots: vec![PathBuf::from("/data")],
             classes: vec!["a".into(), "b".into()],
+            left_out_classes: Vec::new(),
             samples: ["a/1.png", "a/2.png", "b/3.png"]
                 .iter()
                 .map(|r| Sample {
                     path: PathBuf::from(r),
                     relative: r.to_string(),
                     label: usize::from(r.starts_with('b')),
+                    provenance: Provenance::default(),
                 })
                 .collect(),
         };

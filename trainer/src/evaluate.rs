@@ -7,12 +7,12 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Args;
 use pneumoscope::calibration::{reliability_bins, softmax_with_temperature, CalibrationReport};
-use pneumoscope::card::{Evaluation, ModelCard};
+use pneumoscope::card::{Evaluation, GroupEvaluation, ModelCard};
 use pneumoscope::checkpoint::write_atomic;
 use pneumoscope::metrics::{confusion_matrix, ClassificationReport};
 use pneumoscope::Classifier;
 
-use crate::data::ImageFolder;
+use crate::data::{ImageFolder, Sample};
 use crate::plots;
 use crate::predict::{classify_file, load_classifier};
 
@@ -23,7 +23,8 @@ pub struct EvaluateArgs {
     /// Model card: class names and preprocessing; --record writes the result into it.
     #[arg(long)]
     pub card: Option<PathBuf>,
-    /// ImageFolder with the model's classes.
+    /// ImageFolder with the model's classes; class folders the model does not have (e.g. the
+    /// corpus's Tuberculosis) are left out, and said so.
     #[arg(long)]
     pub data: PathBuf,
     /// File listing "class/file" names to leave out (e.g. test-leaks.txt).
@@ -50,11 +51,83 @@ pub struct FolderEvaluation {
     pub failed: Vec<(String, String)>,
     pub calibration: Option<CalibrationReport>,
     pub gate_flagged_rate: Option<f64>,
+    /// Per source and per age group, where known.
+    pub groups: Vec<GroupEvaluation>,
+}
+
+/// One report per value of `key` among the classified samples (values seen in sorted order;
+/// samples without a value are left out).
+fn reports_by(
+    by: &str,
+    key: impl Fn(&Sample) -> Option<&str>,
+    classified: &[(&Sample, usize)],
+    labels: &[String],
+) -> Vec<GroupEvaluation> {
+    let mut names: Vec<&str> = classified.iter().filter_map(|(s, _)| key(s)).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let pairs: Vec<(usize, usize)> = classified
+                .iter()
+                .filter(|(s, _)| key(s) == Some(name))
+                .map(|(s, predicted)| (s.label, *predicted))
+                .collect();
+            GroupEvaluation {
+                by: by.into(),
+                name: name.into(),
+                report: ClassificationReport::of_present_classes(&pairs, labels),
+            }
+        })
+        .collect()
+}
+
+/// Reports per source collection and per age group of `(sample, predicted class)`.
+pub fn group_reports(classified: &[(&Sample, usize)], labels: &[String]) -> Vec<GroupEvaluation> {
+    let mut groups = reports_by(
+        "source",
+        |s| Some(s.provenance.source.as_str()),
+        classified,
+        labels,
+    );
+    groups.extend(reports_by(
+        "age group",
+        |s| s.provenance.age_group.as_deref(),
+        classified,
+        labels,
+    ));
+    groups
+}
+
+/// One line per group: images, accuracy and each class's recall (with its support).
+pub fn groups_text(groups: &[GroupEvaluation]) -> String {
+    let mut text = String::new();
+    for group in groups {
+        let recalls: Vec<String> = group
+            .report
+            .labels
+            .iter()
+            .zip(&group.report.per_class)
+            .filter(|(_, s)| s.support > 0)
+            .map(|(label, s)| format!("{label} recall {:.3} ({})", s.recall, s.support))
+            .collect();
+        text += &format!(
+            "{:>9} {:<22} {:>5} images  accuracy {:.3}  {}\n",
+            group.by,
+            group.name,
+            group.report.weighted_avg.support,
+            group.report.accuracy,
+            recalls.join(", ")
+        );
+    }
+    text
 }
 
 /// Classifies every sample of `folder`; unreadable files are reported and left out.
 pub fn evaluate_folder(classifier: &Classifier, folder: &ImageFolder) -> FolderEvaluation {
     let mut pairs = Vec::new();
+    let mut classified = Vec::new();
     let mut logits = Vec::new();
     let mut flagged = 0usize;
     let mut failed = Vec::new();
@@ -62,6 +135,7 @@ pub fn evaluate_folder(classifier: &Classifier, folder: &ImageFolder) -> FolderE
         match classify_file(classifier, &sample.path) {
             Ok(prediction) => {
                 pairs.push((sample.label, prediction.top));
+                classified.push((sample, prediction.top));
                 flagged += usize::from(prediction.in_distribution == Some(false));
                 logits.push(prediction.logits);
             }
@@ -75,7 +149,9 @@ pub fn evaluate_folder(classifier: &Classifier, folder: &ImageFolder) -> FolderE
     let truth: Vec<usize> = pairs.iter().map(|p| p.0).collect();
     let confusion = confusion_matrix(&pairs, labels.len());
     let calibrated = classifier.temperature() != 1.0;
+    let groups = group_reports(&classified, &labels);
     FolderEvaluation {
+        groups,
         report: ClassificationReport::from_confusion(confusion, labels),
         calibration: calibrated
             .then(|| CalibrationReport::measure(&logits, &truth, classifier.temperature())),
@@ -100,8 +176,13 @@ pub fn confusion_text(report: &ClassificationReport) -> String {
 
 pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport> {
     let classifier = load_classifier(&args.weights, args.card.as_deref(), device)?;
-    let mut folder = ImageFolder::scan(&args.data)?;
-    folder.expect_classes(classifier.classes())?;
+    let mut folder = ImageFolder::scan_classes(&args.data, Some(classifier.classes()))?;
+    if !folder.left_out_classes.is_empty() {
+        println!(
+            "leaving out class folders the model does not have: {:?}",
+            folder.left_out_classes
+        );
+    }
     let excluded = match &args.exclude {
         Some(path) => {
             let list = std::fs::read_to_string(path)
@@ -123,6 +204,9 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
         );
         println!("{}", report.to_text());
         println!("{}", confusion_text(report));
+        if evaluation.groups.len() > 1 {
+            println!("{}", groups_text(&evaluation.groups));
+        }
         if let Some(c) = &evaluation.calibration {
             println!(
                 "calibration (T = {:.3}): ECE(15 bins) {:.4} -> {:.4}, Brier {:.4} -> {:.4}",
@@ -142,7 +226,16 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
     }
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out)?;
-        let text = format!("{}\n{}", report.to_text(), confusion_text(report));
+        let mut text = format!("{}\n{}", report.to_text(), confusion_text(report));
+        for group in &evaluation.groups {
+            text += &format!(
+                "\n{} {}\n\n{}\n{}",
+                group.by,
+                group.name,
+                group.report.to_text(),
+                confusion_text(&group.report)
+            );
+        }
         write_atomic(&out.join("report.txt"), text.as_bytes())?;
         plots::confusion(&out.join("confusion.png"), report)?;
         if let Some(c) = &evaluation.calibration {
@@ -172,6 +265,7 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
             report: report.clone(),
             calibration: evaluation.calibration.clone(),
             gate_flagged_rate: evaluation.gate_flagged_rate,
+            groups: evaluation.groups.clone(),
         });
         write_atomic(card_path, card.to_json().as_bytes())?;
     }

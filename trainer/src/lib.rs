@@ -28,4 +28,6 @@ pub mod gate_check;
 pub mod optim;
 pub mod plots;
 pub mod predict;
+pub mod provenance;
+pub mod sampler;
 pub mod training;

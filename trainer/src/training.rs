@@ -2,7 +2,7 @@
 //! batch 32, 20 epochs, 85:15 stratified split, best-validation checkpoint), resumable, with
 //! everything a run needs to be reproduced recorded in the model card.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,20 +12,23 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use pneumoscope::card::{sha256_hex, ModelCard, TrainingRecord, WeightsInfo, ARCHITECTURE};
+use pneumoscope::card::{
+    sha256_hex, DatasetRecord, ModelCard, TrainingRecord, WeightsInfo, ARCHITECTURE,
+};
 use pneumoscope::checkpoint::{named_vars, state_dict, to_safetensors_bytes, write_atomic};
 use pneumoscope::{init, Checkpoint, Preprocessing, ResNet50};
-use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::Augmentation;
 use crate::data::{
-    class_counts, load, normalized_batch, stratified_split, CachedImages, ImageFolder,
+    class_counts, load, normalized_batch, source_counts, stratified_split, CachedImages,
+    ImageFolder,
 };
 use crate::device::{select, DeviceChoice};
 use crate::optim::{step_lr, warm_up, Sgd, SgdConfig};
 use crate::plots;
+use crate::sampler::{epoch_order, Balance, BalancedSampler};
 
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const BEST_FILE: &str = "best.safetensors";
@@ -62,9 +65,34 @@ impl FreezeUpTo {
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
 pub struct TrainArgs {
-    /// ImageFolder root: one sub-folder per class.
+    /// ImageFolder root: one sub-folder per class. Repeat to train on several folders with the
+    /// same classes as one set.
+    #[arg(long, required = true)]
+    #[serde(deserialize_with = "one_or_many")]
+    pub data: Vec<PathBuf>,
+    /// Use only these class folders (comma-separated), e.g. the paper's three classes of a
+    /// five-class corpus.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+    /// Validation ImageFolder(s) (repeatable) for the best-checkpoint choice, instead of holding
+    /// out --val-fraction of --data: a corpus split by patient belongs here.
     #[arg(long)]
-    pub data: PathBuf,
+    #[serde(default)]
+    pub val_data: Vec<PathBuf>,
+    /// How an epoch draws its images: `none` (each once, shuffled) or `class-source` (classes
+    /// equal, sources within a class by count^--source-power, with replacement).
+    #[arg(long, value_enum, default_value = "none")]
+    #[serde(default = "no_balance")]
+    pub balance: Balance,
+    /// Exponent of a source's size in its share of its class (0: all sources alike).
+    #[arg(long, default_value_t = 0.5)]
+    #[serde(default)]
+    pub source_power: f64,
+    /// Images drawn per epoch with --balance (0: as many as the training set has).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub samples_per_epoch: usize,
     /// Output folder for checkpoints, the exported model, its card, metrics and plots.
     #[arg(long)]
     pub out: PathBuf,
@@ -118,6 +146,35 @@ pub struct TrainArgs {
     /// Random scaling range: scale drawn from [1 - s, 1 + s] (0 disables).
     #[arg(long, default_value_t = 0.1)]
     pub scale: f32,
+    /// Random resized crop from the --resize square: least share of its area kept (1 disables;
+    /// the centre crop is used).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "one")]
+    pub crop_area_min: f32,
+    /// Random resized crop: aspect ratio drawn from [1/a, a] (1 disables).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "one")]
+    pub aspect_max: f32,
+    /// Random brightness shift in [-b, b] (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub brightness: f32,
+    /// Random contrast factor in [1 - c, 1 + c] (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub contrast: f32,
+    /// Random gamma in [1/(1 + g), 1 + g] (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub gamma: f32,
+    /// Share of training images re-encoded as JPEG at a random quality (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub jpeg_probability: f32,
+    /// Lowest quality of that re-encoding (up to 95).
+    #[arg(long, default_value_t = 40)]
+    #[serde(default = "jpeg_quality_min")]
+    pub jpeg_quality_min: u8,
     /// Shorter side after resizing.
     #[arg(long, default_value_t = 256)]
     pub resize: u32,
@@ -139,12 +196,55 @@ pub struct TrainArgs {
     pub device: DeviceChoice,
 }
 
+fn one() -> f32 {
+    1.0
+}
+
+fn jpeg_quality_min() -> u8 {
+    40
+}
+
+fn no_balance() -> Balance {
+    Balance::None
+}
+
+/// Cards and checkpoints written before `--data` could repeat hold one path.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(path) => vec![path],
+        OneOrMany::Many(paths) => paths,
+    })
+}
+
 impl TrainArgs {
-    fn augmentation(&self) -> Augmentation {
+    pub fn augmentation(&self) -> Augmentation {
         Augmentation {
             rotation_degrees: self.rotation,
             translate_fraction: self.translate,
             scale_delta: self.scale,
+            crop_area_min: self.crop_area_min,
+            aspect_max: self.aspect_max,
+            brightness: self.brightness,
+            contrast: self.contrast,
+            gamma: self.gamma,
+            jpeg_probability: self.jpeg_probability,
+            jpeg_quality_min: self.jpeg_quality_min,
+        }
+    }
+
+    /// Side of the cached images: the whole --resize square when a random crop is taken from
+    /// it, else just the centre crop.
+    fn cache_side(&self) -> u32 {
+        if self.augmentation().random_crop() {
+            self.resize
+        } else {
+            self.crop
         }
     }
 
@@ -200,24 +300,41 @@ struct Pass<'a> {
     device: &'a Device,
     batch_size: usize,
     micro_batch: usize,
+    /// Side of the cached images (the network's input is `preprocessing.crop`).
+    cache_side: usize,
 }
 
 impl Pass<'_> {
+    /// The network's input for `indices`; `first_draw` numbers the first one's augmentation draw
+    /// within the epoch (an image drawn twice is augmented twice, differently).
     fn batch(
         &self,
         indices: &[usize],
         augment: Option<(&Augmentation, u64, usize)>,
+        first_draw: usize,
     ) -> Result<Tensor> {
         let side = self.preprocessing.crop as usize;
+        let centre_crop = Augmentation::default();
         let images = indices
             .iter()
-            .map(|&i| match augment {
-                Some((aug, seed, epoch)) => aug.apply(
-                    &self.images.pixels[i],
-                    side,
-                    &mut Augmentation::rng(seed, epoch, i),
-                ),
-                None => self.images.pixels[i].clone(),
+            .enumerate()
+            .map(|(n, &i)| {
+                let cached = &self.images.pixels[i];
+                match augment {
+                    Some((aug, seed, epoch)) => aug.apply(
+                        cached,
+                        self.cache_side,
+                        side,
+                        &mut Augmentation::rng(seed, epoch, first_draw + n),
+                    ),
+                    None if self.cache_side == side => cached.clone(),
+                    None => centre_crop.apply(
+                        cached,
+                        self.cache_side,
+                        side,
+                        &mut Augmentation::rng(0, 0, 0),
+                    ),
+                }
             })
             .collect();
         normalized_batch(images, side, self.preprocessing, self.device)
@@ -249,8 +366,10 @@ impl Pass<'_> {
                 .as_ref()
                 .map(|(_, _, aug, seed, epoch)| (*aug, *seed, *epoch));
             let mut batch_grads: Option<GradStore> = None;
+            let mut draw = seen;
             for micro in micro_batches(chunk, self.micro_batch) {
-                let x = self.batch(micro, augment)?;
+                let x = self.batch(micro, augment, draw)?;
+                draw += micro.len();
                 let y = self.labels(micro)?;
                 let output = self.model.forward_t(&x, train.is_some())?;
                 let loss = candle_nn::loss::cross_entropy(&output.logits, &y)?;
@@ -454,77 +573,141 @@ fn export(
         temperature: None,
         ood_gate: None,
         evaluations: Vec::new(),
-        intended_use: "Research and teaching: shows what a ResNet50 trained on a small public \
-                       chest X-ray set answers for a radiograph. A research tool, not a \
+        intended_use: "Research and teaching: shows what a ResNet50 trained on public chest \
+                       X-ray collections answers for a radiograph. A research tool, not a \
                        diagnostic device; never use it for a clinical decision."
             .into(),
-        limitations: default_limitations(),
+        limitations: limitations(&images.record, args),
     };
     write_atomic(&args.out.join(CARD_FILE), card.to_json().as_bytes())?;
     Ok(card)
 }
 
-fn default_limitations() -> Vec<String> {
-    [
-        "Trained on a few hundred images of one public Kaggle set (Covid-19 Image Dataset): far \
-         too few to generalise; accuracy elsewhere is unknown until measured.",
-        "Covid images are adult radiographs from publications; Normal and Viral Pneumonia look \
-         pediatric (Kermany-style), so the classes differ by source and patient age as well as \
-         disease, and the model may have learned the source.",
-        "11 'Covid' training images are SARS (2003) figures, not COVID-19.",
-        "9 images of the public test split are duplicates of training images; the honest test \
-         number excludes them.",
-        "Images were resized to 640x640 by the uploader (aspect ratio squashed).",
-        "Three classes only: any other finding or any non-chest-X-ray input still gets one of \
-         them.",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// What a user must know about a model trained on `data`: a small single-collection set and a
+/// multi-source corpus fail in different ways.
+fn limitations(data: &DatasetRecord, args: &TrainArgs) -> Vec<String> {
+    let mut limits: Vec<String> = if data.train_per_source.len() > 1 {
+        vec![
+            "Trained on public collections only (sources listed above). Class and source are \
+             entangled there: every Covid image is an adult's, from the COVID-19 Radiography \
+             Database or publication figures; every Viral Pneumonia image a child's, from one \
+             Guangzhou collection (Kermany); only Normal has both. The model may still use age \
+             or collection cues; the per-source results show where it holds."
+                .into(),
+            "Covid labels come from 2020 public collections; radiographs from other hospitals, \
+             devices or later variants may look different. Accuracy elsewhere is unknown until \
+             measured."
+                .into(),
+            "11 'Covid' images of the Kaggle copy are SARS (2003) figures, not COVID-19; the \
+             Kaggle copy squashed every image to 640x640."
+                .into(),
+        ]
+    } else {
+        vec![
+            "Trained on a few hundred images of one public Kaggle set (Covid-19 Image Dataset): \
+             far too few to generalise; accuracy elsewhere is unknown until measured."
+                .into(),
+            "Covid images are adult radiographs from publications; Normal and Viral Pneumonia \
+             look pediatric (Kermany-style), so the classes differ by source and patient age as \
+             well as disease, and the model may have learned the source."
+                .into(),
+            "11 'Covid' training images are SARS (2003) figures, not COVID-19.".into(),
+            "9 images of the public test split are duplicates of training images; the honest \
+             test number excludes them."
+                .into(),
+            "Images were resized to 640x640 by the uploader (aspect ratio squashed).".into(),
+        ]
+    };
+    limits.push(format!(
+        "Input {0}x{0} pixels: fine detail is lost, and the heat map is coarse.",
+        args.crop
+    ));
+    let classes: Vec<&str> = data.per_class.iter().map(|(c, _)| c.as_str()).collect();
+    limits.push(format!(
+        "{} classes only ({}): any other finding (bacterial pneumonia, tuberculosis...) or \
+         any non-chest-X-ray input that passes the gate still gets one of them.",
+        classes.len(),
+        classes.join(", ")
+    ));
+    limits
 }
 
-pub fn run(args: &TrainArgs) -> Result<ModelCard> {
-    if args.epochs == 0 || args.batch_size == 0 {
-        bail!("--epochs and --batch-size must be at least 1");
+/// A run's cached images and which of them train and which validate.
+pub struct PreparedData {
+    pub images: CachedImages,
+    pub train: Vec<usize>,
+    pub validation: Vec<usize>,
+}
+
+/// Reads the run's data as `train` does: --data (only --classes, when given), and either
+/// --val-data or a stratified --val-fraction split of --data, cached as `caching` says (the
+/// network's input, or a larger square for random crops). `calibrate` calls it with the card's
+/// configuration to find the same split.
+pub fn prepare_data(args: &TrainArgs, caching: &Preprocessing) -> Result<PreparedData> {
+    let classes = args.classes.as_deref();
+    let mut folder = ImageFolder::scan_all(&args.data, classes)?;
+    let train_files = folder.samples.len();
+    if !args.val_data.is_empty() {
+        let validation = ImageFolder::scan_all(&args.val_data, Some(&folder.classes))?;
+        folder.roots.extend(validation.roots);
+        folder.samples.extend(validation.samples);
     }
-    if !(0.0..1.0).contains(&args.val_fraction) {
-        bail!("--val-fraction must be in [0, 1)");
-    }
-    let device = select(args.device)?;
-    let preprocessing = args.preprocessing();
-    let folder = ImageFolder::scan(&args.data)?;
-    let mut images = load(&folder, &preprocessing)?;
+    let mut images = load(&folder, caching)?;
     let num_classes = images.classes.len();
     let labels: Vec<usize> = images.samples.iter().map(|s| s.label).collect();
-    let (train_idx, val_idx) = stratified_split(&labels, num_classes, args.val_fraction, args.seed);
-    if train_idx.is_empty() || val_idx.is_empty() {
+    let (train, validation) = if args.val_data.is_empty() {
+        stratified_split(&labels, num_classes, args.val_fraction, args.seed)
+    } else {
+        // `load` keeps the order and skips unreadable files: the training files come first.
+        let paths: HashSet<&Path> = folder.samples[..train_files]
+            .iter()
+            .map(|s| s.path.as_path())
+            .collect();
+        (0..images.samples.len()).partition(|&i| paths.contains(&images.samples[i].path.as_path()))
+    };
+    if train.is_empty() || validation.is_empty() {
         bail!("the split left no training or no validation image; add images or change --val-fraction");
     }
-    images.record.train_per_class = class_counts(&labels, &train_idx, num_classes);
-    images.record.validation_per_class = class_counts(&labels, &val_idx, num_classes);
-    println!("device: {device:?}");
+    images.record.train_per_class = class_counts(&labels, &train, num_classes);
+    images.record.validation_per_class = class_counts(&labels, &validation, num_classes);
+    images.record.train_per_source = source_counts(&images.samples, &train);
+    Ok(PreparedData {
+        images,
+        train,
+        validation,
+    })
+}
+
+fn print_split(data: &PreparedData) {
+    let record = &data.images.record;
     println!("{:<24} {:>6} {:>6} {:>6}", "class", "train", "val", "total");
-    for (c, class) in images.classes.iter().enumerate() {
-        let (t, v) = (
-            images.record.train_per_class[c],
-            images.record.validation_per_class[c],
-        );
+    for (c, class) in data.images.classes.iter().enumerate() {
+        let (t, v) = (record.train_per_class[c], record.validation_per_class[c]);
         println!("{class:<24} {t:>6} {v:>6} {:>6}", t + v);
     }
     println!(
         "{:<24} {:>6} {:>6} {:>6}  (skipped {} unreadable files)",
         "all",
-        train_idx.len(),
-        val_idx.len(),
-        labels.len(),
-        images.record.skipped.len()
+        data.train.len(),
+        data.validation.len(),
+        data.images.samples.len(),
+        record.skipped.len()
     );
+    for (source, count) in &record.train_per_source {
+        println!("  training images from {source}: {count}");
+    }
+}
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+/// The network, initialised as `args` say; returns it with its variables and a sentence saying
+/// where its weights came from (for the card).
+fn build_model(
+    args: &TrainArgs,
+    num_classes: usize,
+    device: &Device,
+) -> Result<(VarMap, ResNet50, String)> {
     let varmap = VarMap::new();
     let model = ResNet50::new(
-        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
         num_classes,
     )?;
     init::initialize(&varmap, args.seed)?;
@@ -535,7 +718,7 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         Some(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("reading --init {}", path.display()))?;
-            let head = Checkpoint::from_bytes(&bytes, &device)?.load_into(&varmap, true)?;
+            let head = Checkpoint::from_bytes(&bytes, device)?.load_into(&varmap, true)?;
             format!(
                 "{} (sha256 {}), head {head:?}",
                 path.display(),
@@ -552,16 +735,19 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
             args.seed
         ),
     };
-    let sgd_config = SgdConfig {
-        momentum: args.momentum,
-        dampening: 0.0,
-        weight_decay: args.weight_decay,
-        nesterov: args.nesterov,
-    };
-    let mut sgd = Sgd::new(trainable(named_vars(&varmap)?, args.freeze), sgd_config);
+    Ok((varmap, model, initialization))
+}
 
+/// A fresh run's state, or the checkpoint's in --out with --resume (whose recipe must be this
+/// one's), loaded into `varmap` and `sgd`.
+fn start_or_resume(
+    args: &TrainArgs,
+    varmap: &VarMap,
+    sgd: &mut Sgd,
+    device: &Device,
+) -> Result<TrainState> {
     let mut state = if args.resume {
-        let state = load_checkpoint(&args.out, &varmap, &mut sgd, &device)?;
+        let state = load_checkpoint(&args.out, varmap, sgd, device)?;
         if state.args.recipe_key() != args.recipe_key() {
             bail!(
                 "--resume: the run in {} used other settings: {:?}",
@@ -582,6 +768,63 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         }
     };
     state.args = args.clone();
+    Ok(state)
+}
+
+/// The balanced sampler over the training images, when --balance asks for one.
+fn sampler_for(
+    args: &TrainArgs,
+    images: &CachedImages,
+    train_idx: &[usize],
+) -> Result<Option<BalancedSampler>> {
+    Ok(match args.balance {
+        Balance::None => None,
+        Balance::ClassSource => {
+            let labels: Vec<usize> = train_idx.iter().map(|&i| images.samples[i].label).collect();
+            let sources: Vec<&str> = train_idx
+                .iter()
+                .map(|&i| images.samples[i].provenance.source.as_str())
+                .collect();
+            Some(BalancedSampler::new(&labels, &sources, args.source_power)?)
+        }
+    })
+}
+
+pub fn run(args: &TrainArgs) -> Result<ModelCard> {
+    if args.epochs == 0 || args.batch_size == 0 {
+        bail!("--epochs and --batch-size must be at least 1");
+    }
+    if !(0.0..1.0).contains(&args.val_fraction) {
+        bail!("--val-fraction must be in [0, 1)");
+    }
+    let device = select(args.device)?;
+    let preprocessing = args.preprocessing();
+    let caching = Preprocessing {
+        crop: args.cache_side(),
+        ..preprocessing.clone()
+    };
+    let data = prepare_data(args, &caching)?;
+    println!("device: {device:?}");
+    print_split(&data);
+    let PreparedData {
+        images,
+        train: train_idx,
+        validation: val_idx,
+    } = data;
+    let num_classes = images.classes.len();
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let (varmap, model, initialization) = build_model(args, num_classes, &device)?;
+    let sgd_config = SgdConfig {
+        momentum: args.momentum,
+        dampening: 0.0,
+        weight_decay: args.weight_decay,
+        nesterov: args.nesterov,
+    };
+    let mut sgd = Sgd::new(trainable(named_vars(&varmap)?, args.freeze), sgd_config);
+
+    let mut state = start_or_resume(args, &varmap, &mut sgd, &device)?;
 
     let pass = Pass {
         model: &model,
@@ -594,8 +837,14 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         } else {
             args.micro_batch
         },
+        cache_side: args.cache_side() as usize,
     };
     let augmentation = args.augmentation();
+    let sampler = sampler_for(args, &images, &train_idx)?;
+    let samples_per_epoch = match args.samples_per_epoch {
+        0 => train_idx.len(),
+        n => n,
+    };
     for epoch in state.epochs_completed..args.epochs {
         let started = Instant::now();
         let lr = warm_up(
@@ -603,10 +852,15 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
             args.warmup_epochs,
             epoch,
         );
-        let mut order = train_idx.clone();
-        order.shuffle(&mut StdRng::seed_from_u64(
-            args.seed.wrapping_add(epoch as u64 + 1),
-        ));
+        let order: Vec<usize> = epoch_order(
+            train_idx.len(),
+            sampler.as_ref(),
+            samples_per_epoch,
+            &mut StdRng::seed_from_u64(args.seed.wrapping_add(epoch as u64 + 1)),
+        )
+        .into_iter()
+        .map(|position| train_idx[position])
+        .collect();
         let bar = progress_bar(order.len(), format!("epoch {}/{}", epoch + 1, args.epochs));
         let (train_loss, train_accuracy, rate) = pass.run(
             &order,

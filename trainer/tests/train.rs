@@ -4,12 +4,20 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use image::{ImageBuffer, Luma, Rgb};
+use trainer::data::ImageFolder;
 use trainer::device::DeviceChoice;
+use trainer::evaluate::evaluate_folder;
+use trainer::sampler::Balance;
 use trainer::training::{self, TrainArgs, CARD_FILE, CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE};
 
 /// Two classes a network can tell apart at a glance: a bright disc on dark, or a dark one on
 /// bright, with per-image jitter; PNG and JPEG, gray and RGB.
 fn synthetic_folder(root: &Path, per_class: usize) {
+    synthetic_folder_from(root, per_class, "");
+}
+
+/// The same, with `prefix` before every file name (`SOURCE__` names a source collection).
+fn synthetic_folder_from(root: &Path, per_class: usize, prefix: &str) {
     for (class, bright_disc) in [("disc", true), ("ring", false)] {
         let dir = root.join(class);
         std::fs::create_dir_all(&dir).unwrap();
@@ -24,13 +32,13 @@ fn synthetic_folder(root: &Path, per_class: usize) {
                 Luma([v.saturating_add((x * y % 9) as u8)])
             });
             if i % 2 == 0 {
-                image.save(dir.join(format!("{i:03}.png"))).unwrap();
+                image.save(dir.join(format!("{prefix}{i:03}.png"))).unwrap();
             } else {
                 let rgb = ImageBuffer::from_fn(w, h, |x, y| {
                     let v = image.get_pixel(x, y).0[0];
                     Rgb([v, v, v])
                 });
-                rgb.save(dir.join(format!("{i:03}.jpg"))).unwrap();
+                rgb.save(dir.join(format!("{prefix}{i:03}.jpg"))).unwrap();
             }
         }
     }
@@ -38,7 +46,19 @@ fn synthetic_folder(root: &Path, per_class: usize) {
 
 fn args(data: &Path, out: &Path, epochs: usize) -> TrainArgs {
     TrainArgs {
-        data: data.to_path_buf(),
+        data: vec![data.to_path_buf()],
+        classes: None,
+        val_data: Vec::new(),
+        balance: Balance::None,
+        source_power: 0.5,
+        samples_per_epoch: 0,
+        crop_area_min: 1.0,
+        aspect_max: 1.0,
+        brightness: 0.0,
+        contrast: 0.0,
+        gamma: 0.0,
+        jpeg_probability: 0.0,
+        jpeg_quality_min: 40,
         out: out.to_path_buf(),
         epochs,
         batch_size: 6,
@@ -240,7 +260,7 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
     let calibrate = trainer::calibrate::CalibrateArgs {
         weights: weights.clone(),
         card: card_path.clone(),
-        data: data.clone(),
+        data: Vec::new(),
         gate_features: pneumoscope::ood::GateFeatures::Layer2Stats,
         dims: 8,
         true_accept: 0.95,
@@ -334,9 +354,120 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
     let other = dir.path().join("other");
     synthetic_folder(&other, 5);
     let refused = trainer::calibrate::CalibrateArgs {
-        data: other,
+        data: vec![other],
         ..calibrate
     };
     let err = trainer::calibrate::run(&refused, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("not the data"), "{err}");
+}
+
+/// Two sources and an extra class in the training folders, a validation folder of its own, the
+/// balanced sampler and every augmentation against shortcuts: the card records the sources, the
+/// split is the folders' and calibrate finds the same data from the card alone.
+#[test]
+fn multi_source_run_with_balanced_sampling_and_shortcut_augmentation() {
+    let dir = tempdir();
+    let root = dir.path();
+    let (first, second, validation) = (root.join("a"), root.join("b"), root.join("val"));
+    synthetic_folder_from(&first, 10, "alpha__");
+    synthetic_folder_from(&second, 4, "beta__");
+    std::fs::create_dir_all(second.join("extra")).unwrap();
+    std::fs::copy(
+        first.join("disc/alpha__000.png"),
+        second.join("extra/x.png"),
+    )
+    .unwrap();
+    synthetic_folder_from(&validation, 3, "alpha__");
+    let out = root.join("out");
+    let run = TrainArgs {
+        data: vec![first.clone(), second],
+        classes: Some(vec!["disc".into(), "ring".into()]),
+        val_data: vec![validation],
+        balance: Balance::ClassSource,
+        samples_per_epoch: 18,
+        crop_area_min: 0.5,
+        aspect_max: 1.33,
+        brightness: 0.1,
+        contrast: 0.2,
+        gamma: 0.3,
+        jpeg_probability: 0.5,
+        ..args(&first, &out, 2)
+    };
+    let card = training::run(&run).unwrap();
+    let data = &card.training.as_ref().unwrap().data;
+    assert_eq!(data.files, 28 + 6);
+    assert_eq!(data.train_per_class, vec![14, 14]);
+    assert_eq!(data.validation_per_class, vec![3, 3]);
+    assert_eq!(
+        data.train_per_source,
+        vec![("alpha".to_string(), 20), ("beta".to_string(), 8)]
+    );
+    assert!(data.root.contains(" + "), "{}", data.root);
+    assert_eq!(
+        card.training.as_ref().unwrap().config["balance"],
+        "class-source"
+    );
+
+    let calibrate = trainer::calibrate::CalibrateArgs {
+        weights: out.join(MODEL_FILE),
+        card: out.join(CARD_FILE),
+        data: Vec::new(),
+        gate_features: pneumoscope::ood::GateFeatures::Layer2Stats,
+        dims: 4,
+        true_accept: 0.95,
+    };
+    let calibrated = trainer::calibrate::run(&calibrate, &Device::Cpu).unwrap();
+    assert!(calibrated.ood_gate.is_some());
+}
+
+/// evaluate's report per source (from `SOURCE__` names) counts every image once, under its
+/// source, with the classes that source holds.
+#[test]
+fn evaluation_reports_each_source() {
+    let dir = tempdir();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    synthetic_folder(&data, 6);
+    training::run(&args(&data, &out, 1)).unwrap();
+    let test = dir.path().join("test");
+    synthetic_folder_from(&test, 3, "north__");
+    synthetic_folder_from(&test, 2, "south__");
+    std::fs::remove_dir_all(test.join("ring")).unwrap();
+    std::fs::create_dir_all(test.join("ring")).unwrap();
+    let ring = data.join("ring/000.png");
+    std::fs::copy(&ring, test.join("ring/north__r.png")).unwrap();
+    let classifier = trainer::predict::load_classifier(
+        &out.join(MODEL_FILE),
+        Some(&out.join(CARD_FILE)),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let folder = ImageFolder::scan(&test).unwrap();
+    let evaluation = evaluate_folder(&classifier, &folder);
+    let parts: Vec<(&str, &str, usize)> = evaluation
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.by.as_str(),
+                g.name.as_str(),
+                g.report.weighted_avg.support,
+            )
+        })
+        .collect();
+    assert_eq!(parts, [("source", "north", 4), ("source", "south", 2)]);
+    let north_truth: Vec<usize> = evaluation.groups[0]
+        .report
+        .per_class
+        .iter()
+        .map(|s| s.support)
+        .collect();
+    let north_labels = &evaluation.groups[0].report.labels;
+    let disc = north_labels.iter().position(|l| l == "disc").unwrap();
+    assert_eq!(north_truth[disc], 3);
+    assert!(evaluation.groups[1]
+        .report
+        .labels
+        .contains(&"disc".to_string()));
+    let text = trainer::evaluate::groups_text(&evaluation.groups);
+    assert!(text.contains("north") && text.contains("south"), "{text}");
 }

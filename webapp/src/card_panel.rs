@@ -3,11 +3,57 @@
 use std::sync::Arc;
 
 use leptos::prelude::*;
-use pneumoscope::card::Evaluation;
+use pneumoscope::card::{Evaluation, GroupEvaluation};
 use pneumoscope::ModelCard;
 
 fn score(value: f64) -> String {
     format!("{value:.3}")
+}
+
+/// Each class's recall in this part, with its support: "Normal 0.912 (441)".
+fn recalls(group: &GroupEvaluation) -> String {
+    group
+        .report
+        .labels
+        .iter()
+        .zip(&group.report.per_class)
+        .filter(|(_, s)| s.support > 0)
+        .map(|(label, s)| format!("{label} {} ({})", score(s.recall), s.support))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where the model holds and where it does not: one row per source collection and age group.
+#[component]
+fn GroupsView(groups: Vec<GroupEvaluation>) -> impl IntoView {
+    let rows = groups
+        .iter()
+        .map(|group| {
+            view! {
+                <tr>
+                    <td>{group.by.clone()}</td>
+                    <td>{group.name.clone()}</td>
+                    <td>{group.report.weighted_avg.support}</td>
+                    <td>{score(group.report.accuracy)}</td>
+                    <td>{recalls(group)}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    view! {
+        <table class="groups" data-testid="evaluation-groups">
+            <thead>
+                <tr>
+                    <th>"by"</th>
+                    <th>"part"</th>
+                    <th>"images"</th>
+                    <th>"accuracy"</th>
+                    <th>"recall per class (support)"</th>
+                </tr>
+            </thead>
+            <tbody>{rows}</tbody>
+        </table>
+    }
 }
 
 #[component]
@@ -38,6 +84,12 @@ fn EvaluationView(evaluation: Evaluation) -> impl IntoView {
     let gate = evaluation
         .gate_flagged_rate
         .map(|r| format!("Flagged as out of distribution: {:.1}%.", r * 100.0));
+    let groups = (evaluation.groups.len() > 1).then(|| {
+        view! {
+            <p>"Per source collection and age group:"</p>
+            <GroupsView groups=evaluation.groups.clone() />
+        }
+    });
     view! {
         <div class="evaluation" data-testid="evaluation">
             <h4>{evaluation.name.clone()}</h4>
@@ -54,6 +106,7 @@ fn EvaluationView(evaluation: Evaluation) -> impl IntoView {
                 </thead>
                 <tbody>{rows}</tbody>
             </table>
+            {groups}
             {calibration.map(|text| view! { <p>{text}</p> })}
             {gate.map(|text| view! { <p>{text}</p> })}
         </div>
@@ -70,6 +123,16 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             .map(|(class, n)| format!("{class} {n}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let sources = (!training.data.train_per_source.is_empty()).then(|| {
+            let list = training
+                .data
+                .train_per_source
+                .iter()
+                .map(|(source, n)| format!("{source} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            view! { <p>{format!("Training images per source collection: {list}.")}</p> }
+        });
         view! {
             <p>
                 {format!(
@@ -82,6 +145,7 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
                     training.epochs_completed,
                 )}
             </p>
+            {sources}
             <p class="hash">{format!("Data content SHA-256: {}", training.data.content_sha256)}</p>
         }
     });
