@@ -26,9 +26,15 @@ pub fn fit_mahalanobis(
         .map(|j| features.iter().map(|f| f64::from(f[j])).sum::<f64>() / n as f64)
         .collect();
     let centred = DMatrix::from_fn(n, d, |i, j| f64::from(features[i][j]) - mean[j]);
-    // Principal axes through the n x n Gram matrix: with n << D this is the cheap side.
-    let eigen = SymmetricEigen::new(&centred * centred.transpose());
-    let mut order: Vec<usize> = (0..n).collect();
+    // Principal axes through the n x n Gram matrix when n <= D, else the D x D scatter matrix:
+    // an eigen-decomposition costs the cube of its side (7,000 corpus images vs 1,024 features).
+    let gram_side = n <= d;
+    let eigen = SymmetricEigen::new(if gram_side {
+        &centred * centred.transpose()
+    } else {
+        centred.transpose() * &centred
+    });
+    let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
     order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
     let largest = eigen.eigenvalues[order[0]].max(f64::MIN_POSITIVE);
     let kept: Vec<usize> = order
@@ -46,10 +52,15 @@ pub fn fit_mahalanobis(
     let residual_variance =
         ((total - kept_sum) / (n - 1) as f64 / d.saturating_sub(k).max(1) as f64) as f32;
     let residual_variance = (d > k && residual_variance > 0.0).then_some(residual_variance);
-    // Axis i = Xc^T v_i / sqrt(lambda_i): unit length in feature space.
+    // Gram side: axis i = Xc^T v_i / sqrt(lambda_i), unit length in feature space; scatter
+    // side: v_i itself.
     let mut axes = DMatrix::<f64>::zeros(k, d);
     for (row, &i) in kept.iter().enumerate() {
-        let axis = centred.transpose() * eigen.eigenvectors.column(i) / eigen.eigenvalues[i].sqrt();
+        let axis = if gram_side {
+            centred.transpose() * eigen.eigenvectors.column(i) / eigen.eigenvalues[i].sqrt()
+        } else {
+            eigen.eigenvectors.column(i).into_owned()
+        };
         axes.row_mut(row).copy_from(&axis.transpose());
     }
     let projected = &centred * axes.transpose(); // (n, k)
