@@ -107,14 +107,14 @@ mod tests {
         };
         let equal = draws(0.0);
         assert!((shares(&equal, |i| labels[i] == 1) - 0.5).abs() < 0.02);
-        assert!((shares(&equal, |i| i >= 900 && i < 1000) - 0.25).abs() < 0.02);
+        assert!((shares(&equal, |i| (900..1000).contains(&i)) - 0.25).abs() < 0.02);
         // power 0.5: within class 0, "small" gets sqrt(100) / (sqrt(900) + sqrt(100)) = 1/4.
         let tempered = draws(0.5);
         assert!((shares(&tempered, |i| labels[i] == 1) - 0.5).abs() < 0.02);
-        assert!((shares(&tempered, |i| i >= 900 && i < 1000) - 0.125).abs() < 0.015);
+        assert!((shares(&tempered, |i| (900..1000).contains(&i)) - 0.125).abs() < 0.015);
         // power 1: sources as they come within the class.
         let natural = draws(1.0);
-        assert!((shares(&natural, |i| i >= 900 && i < 1000) - 0.05).abs() < 0.01);
+        assert!((shares(&natural, |i| (900..1000).contains(&i)) - 0.05).abs() < 0.01);
     }
 
     #[test]
