@@ -116,6 +116,18 @@ impl ClassificationReport {
         )
     }
 
+    /// "Normal recall 0.912 (441)"-style parts for the classes with support, joined by ", ":
+    /// where a part of a test set holds and where it does not, in one line.
+    pub fn recalls_text(&self) -> String {
+        self.labels
+            .iter()
+            .zip(&self.per_class)
+            .filter(|(_, s)| s.support > 0)
+            .map(|(label, s)| format!("{label} {:.3} ({})", s.recall, s.support))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The report as scikit-learn prints it (digits=4).
     pub fn to_text(&self) -> String {
         let width = self

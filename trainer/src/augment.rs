@@ -48,11 +48,13 @@ pub struct Augmentation {
     pub jpeg_quality_min: u8,
 }
 
-fn one() -> f32 {
+/// serde default of the crop-area and aspect settings (off).
+pub fn one() -> f32 {
     1.0
 }
 
-fn default_jpeg_quality() -> u8 {
+/// serde default of the lowest JPEG quality.
+pub fn default_jpeg_quality() -> u8 {
     40
 }
 

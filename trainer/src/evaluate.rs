@@ -104,21 +104,13 @@ pub fn group_reports(classified: &[(&Sample, usize)], labels: &[String]) -> Vec<
 pub fn groups_text(groups: &[GroupEvaluation]) -> String {
     let mut text = String::new();
     for group in groups {
-        let recalls: Vec<String> = group
-            .report
-            .labels
-            .iter()
-            .zip(&group.report.per_class)
-            .filter(|(_, s)| s.support > 0)
-            .map(|(label, s)| format!("{label} recall {:.3} ({})", s.recall, s.support))
-            .collect();
         text += &format!(
-            "{:>9} {:<22} {:>5} images  accuracy {:.3}  {}\n",
+            "{:>9} {:<22} {:>5} images  accuracy {:.3}  recall {}\n",
             group.by,
             group.name,
             group.report.weighted_avg.support,
             group.report.accuracy,
-            recalls.join(", ")
+            group.report.recalls_text()
         );
     }
     text

@@ -149,11 +149,11 @@ pub struct TrainArgs {
     /// Random resized crop from the --resize square: least share of its area kept (1 disables;
     /// the centre crop is used).
     #[arg(long, default_value_t = 1.0)]
-    #[serde(default = "one")]
+    #[serde(default = "crate::augment::one")]
     pub crop_area_min: f32,
     /// Random resized crop: aspect ratio drawn from [1/a, a] (1 disables).
     #[arg(long, default_value_t = 1.0)]
-    #[serde(default = "one")]
+    #[serde(default = "crate::augment::one")]
     pub aspect_max: f32,
     /// Random brightness shift in [-b, b] (0 disables).
     #[arg(long, default_value_t = 0.0)]
@@ -173,7 +173,7 @@ pub struct TrainArgs {
     pub jpeg_probability: f32,
     /// Lowest quality of that re-encoding (up to 95).
     #[arg(long, default_value_t = 40)]
-    #[serde(default = "jpeg_quality_min")]
+    #[serde(default = "crate::augment::default_jpeg_quality")]
     pub jpeg_quality_min: u8,
     /// Shorter side after resizing.
     #[arg(long, default_value_t = 256)]
@@ -194,14 +194,6 @@ pub struct TrainArgs {
     pub resume: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
-}
-
-fn one() -> f32 {
-    1.0
-}
-
-fn jpeg_quality_min() -> u8 {
-    40
 }
 
 fn no_balance() -> Balance {

@@ -10,19 +10,6 @@ fn score(value: f64) -> String {
     format!("{value:.3}")
 }
 
-/// Each class's recall in this part, with its support: "Normal 0.912 (441)".
-fn recalls(group: &GroupEvaluation) -> String {
-    group
-        .report
-        .labels
-        .iter()
-        .zip(&group.report.per_class)
-        .filter(|(_, s)| s.support > 0)
-        .map(|(label, s)| format!("{label} {} ({})", score(s.recall), s.support))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Where the model holds and where it does not: one row per source collection and age group.
 #[component]
 fn GroupsView(groups: Vec<GroupEvaluation>) -> impl IntoView {
@@ -35,7 +22,7 @@ fn GroupsView(groups: Vec<GroupEvaluation>) -> impl IntoView {
                     <td>{group.name.clone()}</td>
                     <td>{group.report.weighted_avg.support}</td>
                     <td>{score(group.report.accuracy)}</td>
-                    <td>{recalls(group)}</td>
+                    <td>{group.report.recalls_text()}</td>
                 </tr>
             }
         })
