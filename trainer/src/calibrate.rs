@@ -15,7 +15,9 @@ use pneumoscope::ood::{GateFeatures, GateRecord};
 use pneumoscope::Classifier;
 
 use crate::data::normalized_batch;
-use crate::gate::{fit_mahalanobis, threshold_for_true_accept};
+use crate::gate::{
+    class_source_groups, fit_mahalanobis, threshold_for_true_accept, MIN_GROUP_IMAGES,
+};
 use crate::predict::load_classifier;
 use crate::training::{prepare_data, PreparedData, TrainArgs};
 
@@ -107,7 +109,6 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
         );
     }
     let labels: Vec<usize> = images.samples.iter().map(|s| s.label).collect();
-    let classes = images.classes.len();
     println!(
         "computing outputs for {} training and {} validation images",
         train_idx.len(),
@@ -132,10 +133,17 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
         calibration.brier_after
     );
 
+    let sources: Vec<&str> = train_idx
+        .iter()
+        .map(|&i| images.samples[i].provenance.source.as_str())
+        .collect();
+    let (groups, group_names) =
+        class_source_groups(&pick_labels(&train_idx), &sources, MIN_GROUP_IMAGES);
+    println!("gate groups (class/source): {}", group_names.join(", "));
     let mut gate = fit_mahalanobis(
         &pick(&features, &train_idx),
-        &pick_labels(&train_idx),
-        classes,
+        &groups,
+        group_names.len(),
         args.dims,
     )?;
     let val_scores: Vec<f32> = val_idx.iter().map(|&i| gate.score(&features[i])).collect();
@@ -159,7 +167,8 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
     card.temperature = Some(temperature);
     card.ood_gate = Some(GateRecord {
         method: format!(
-            "Mahalanobis distance to the nearest class mean (shared covariance) in the top {kept_dims} principal components of the training split's {}, plus the residual off that subspace over its training variance",
+            "Mahalanobis distance to the nearest of {} class-within-source means (shared covariance; sources under {MIN_GROUP_IMAGES} images of a class join its largest) in the top {kept_dims} principal components of the training split's {}, plus the residual off that subspace over its training variance",
+            group_names.len(),
             match args.gate_features {
                 GateFeatures::Pooled => "pooled features",
                 GateFeatures::Layer2Stats => "layer2 channel means and standard deviations",

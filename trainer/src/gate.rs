@@ -1,19 +1,74 @@
 //! Fitting the out-of-distribution gate and the temperature on a trained model's outputs.
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Result};
 use nalgebra::{DMatrix, SymmetricEigen};
 use pneumoscope::ood::MahalanobisGate;
 
-/// Fits class means and a shared covariance to `features` (n, D) in the subspace of their top
-/// `dims` principal axes (fewer when the data have fewer independent directions), and the
-/// variance per dimension left outside that subspace, which scales the residual term of the
-/// score. The threshold is left at infinity; `threshold_for_true_accept` sets it.
+/// Sources with fewer training images of a class than this join that class's largest source:
+/// a mean of a handful of images would be noise.
+pub const MIN_GROUP_IMAGES: usize = 30;
+
+/// The gate's groups: one per (class, source) pair with at least `min_images` images, smaller
+/// sources folded into their class's largest. One mean per class alone sits between the
+/// sources and calls a small source's images unlike (the Kaggle copy, 251 of 7,143 training
+/// images, was half flagged). Returns each image's group and each group's "class / source" name.
+pub fn class_source_groups(
+    labels: &[usize],
+    sources: &[&str],
+    min_images: usize,
+) -> (Vec<usize>, Vec<String>) {
+    let mut counts: BTreeMap<(usize, &str), usize> = BTreeMap::new();
+    for (&label, &source) in labels.iter().zip(sources) {
+        *counts.entry((label, source)).or_insert(0) += 1;
+    }
+    // The largest source of each class (the first by name on a tie).
+    let mut largest: BTreeMap<usize, (&str, usize)> = BTreeMap::new();
+    for (&(label, source), &count) in &counts {
+        let best = largest.entry(label).or_insert((source, count));
+        if count > best.1 {
+            *best = (source, count);
+        }
+    }
+    let key = |label: usize, source: &str| -> (usize, String) {
+        if counts[&(label, source)] >= min_images {
+            (label, source.to_string())
+        } else {
+            (label, largest[&label].0.to_string())
+        }
+    };
+    let mut names: BTreeMap<(usize, String), usize> = BTreeMap::new();
+    for (&label, &source) in labels.iter().zip(sources) {
+        names.entry(key(label, source)).or_insert(0);
+    }
+    for (index, group) in names.values_mut().enumerate() {
+        *group = index;
+    }
+    let groups = labels
+        .iter()
+        .zip(sources)
+        .map(|(&label, &source)| names[&key(label, source)])
+        .collect();
+    let names = names
+        .keys()
+        .map(|(label, source)| format!("{label}/{source}"))
+        .collect();
+    (groups, names)
+}
+
+/// Fits group means (classes, or classes within sources) and a shared covariance to `features`
+/// (n, D) in the subspace of their top `dims` principal axes (fewer when the data have fewer
+/// independent directions), and the variance per dimension left outside that subspace, which
+/// scales the residual term of the score. The threshold is left at infinity;
+/// `threshold_for_true_accept` sets it.
 pub fn fit_mahalanobis(
     features: &[Vec<f32>],
-    labels: &[usize],
-    classes: usize,
+    groups: &[usize],
+    group_count: usize,
     dims: usize,
 ) -> Result<MahalanobisGate> {
+    let (labels, classes) = (groups, group_count);
     let n = features.len();
     if n <= classes + 1 {
         bail!(
@@ -73,7 +128,7 @@ pub fn fit_mahalanobis(
     }
     for (c, &count) in counts.iter().enumerate() {
         if count == 0 {
-            bail!("class {c} has no training image; the gate cannot be fitted");
+            bail!("group {c} has no training image; the gate cannot be fitted");
         }
         class_means.row_mut(c).scale_mut(1.0 / count as f64);
     }
@@ -169,6 +224,70 @@ mod tests {
             gate.score(&beyond) > 3.0 * threshold,
             "20 sd past the last class mean"
         );
+    }
+
+    #[test]
+    fn small_sources_join_their_class_largest_source() {
+        let labels = [0, 0, 0, 0, 0, 1, 1, 1];
+        let sources = ["a", "a", "b", "b", "c", "a", "d", "d"];
+        let (groups, names) = class_source_groups(&labels, &sources, 2);
+        // Class 0: a (2) and b (2) are groups, c (1) joins a (first largest by name).
+        // Class 1: d (2) is the largest; a (1) joins it.
+        assert_eq!(names, ["0/a", "0/b", "1/d"]);
+        assert_eq!(groups, [0, 0, 1, 1, 0, 2, 2, 2]);
+        let (groups, names) = class_source_groups(&labels, &sources, 1);
+        assert_eq!(names.len(), 5);
+        assert_eq!(groups, [0, 0, 1, 1, 2, 3, 4, 4]);
+    }
+
+    /// A class drawn from a large source and a small one (5%) with a shifted mean: one mean per
+    /// class lies near the large source and flags the small one's held-out images; a mean per
+    /// source accepts them, and still flags a point far from both.
+    #[test]
+    fn a_mean_per_source_accepts_a_small_shifted_source() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let noise = Normal::new(0.0f32, 1.0).unwrap();
+        let d = 20;
+        let sample = |shift: f32, rng: &mut StdRng| -> Vec<f32> {
+            (0..d)
+                .map(|j| noise.sample(rng) + if (1..=5).contains(&j) { shift } else { 0.0 })
+                .collect()
+        };
+        let sources: Vec<&str> = (0..600)
+            .map(|i| if i % 20 == 0 { "small" } else { "large" })
+            .collect();
+        let features: Vec<Vec<f32>> = sources
+            .iter()
+            .map(|&s| sample(if s == "small" { 10.0 } else { 0.0 }, &mut rng))
+            .collect();
+        let labels = vec![0; 600];
+        let held_out_large: Vec<Vec<f32>> = (0..200).map(|_| sample(0.0, &mut rng)).collect();
+        let held_out_small: Vec<Vec<f32>> = (0..100).map(|_| sample(10.0, &mut rng)).collect();
+        let flagged_small = |gate: &MahalanobisGate| -> usize {
+            let scores: Vec<f32> = held_out_large.iter().map(|f| gate.score(f)).collect();
+            let threshold = threshold_for_true_accept(&scores, 0.95);
+            held_out_small
+                .iter()
+                .filter(|f| gate.score(f) > threshold)
+                .count()
+        };
+        let by_class = fit_mahalanobis(&features, &labels, 1, 10).unwrap();
+        let (groups, names) = class_source_groups(&labels, &sources, MIN_GROUP_IMAGES);
+        assert_eq!(names, ["0/large", "0/small"]);
+        let by_source = fit_mahalanobis(&features, &groups, names.len(), 10).unwrap();
+        assert!(
+            flagged_small(&by_class) > 50,
+            "{}",
+            flagged_small(&by_class)
+        );
+        assert!(
+            flagged_small(&by_source) < 15,
+            "{}",
+            flagged_small(&by_source)
+        );
+        let far = sample(-10.0, &mut rng);
+        let scores: Vec<f32> = held_out_large.iter().map(|f| by_source.score(f)).collect();
+        assert!(by_source.score(&far) > 2.0 * threshold_for_true_accept(&scores, 0.95));
     }
 
     #[test]
