@@ -9,7 +9,7 @@ pub enum Error {
     #[error("the file is empty")]
     EmptyInput,
 
-    #[error("not a PNG or JPEG image (unrecognised file signature)")]
+    #[error("not a PNG, JPEG or DICOM image (unrecognised file signature)")]
     UnsupportedFormat,
 
     #[error("image is {width}x{height} = {pixels} pixels, over the limit of {limit} pixels")]

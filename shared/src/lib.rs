@@ -11,6 +11,7 @@ pub mod classifier;
 pub mod conv;
 mod cpu_slice;
 pub mod decode;
+pub mod dicom;
 pub mod error;
 pub mod init;
 pub mod max_pool;

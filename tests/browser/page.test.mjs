@@ -4,6 +4,7 @@
 //   DIST       the built page, model included
 //   EXPECTED   trainer predict --json output for $IMAGES
 //   IMAGES     images, separated by ":": radiographs, then images unlike them (for the gate)
+//   DICOM      DICOM files, separated by ":" (trainer predict's results for them are in $EXPECTED)
 //   ARTIFACTS  where the screenshot goes
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -20,6 +21,7 @@ const env = (name) => {
 const DIST = env("DIST");
 const IMAGES = env("IMAGES").split(":");
 const ARTIFACTS = env("ARTIFACTS");
+const DICOM = env("DICOM").split(":");
 const expected = JSON.parse(await readFile(env("EXPECTED"), "utf8"));
 const card = JSON.parse(await readFile(join(DIST, "model.json"), "utf8"));
 const TOLERANCE = 1e-3;
@@ -193,6 +195,50 @@ test("the model card shows each evaluation per source and age group", async () =
     }
   }
   console.log(`evaluations with per-source tables: ${withGroups.length}`);
+});
+
+test("DICOM files, named or not, dropped or picked, read as trainer predict reads them", async () => {
+  const before = await page.locator("[data-testid=result]").count();
+  const [first, ...rest] = DICOM;
+  const dicom = await Promise.all(DICOM.map((path) => readFile(path)));
+  const truncated = dicom[0].subarray(0, Math.floor(dicom[0].length / 2));
+  // The first without an extension and with no type, as a PACS export often is, and a
+  // truncated copy: both dropped. The others through the file picker.
+  const dropped = ["radiograph-without-extension", "truncated.dcm"];
+  await page.evaluate(
+    ({ files }) => {
+      const data = new DataTransfer();
+      for (const [name, bytes] of files) data.items.add(new File([new Uint8Array(bytes)], name));
+      document
+        .querySelector(".drop-zone")
+        .dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+    },
+    { files: [[dropped[0], [...dicom[0]]], [dropped[1], [...truncated]]] },
+  );
+  await page.getByTestId("file-input").setInputFiles(rest);
+  const items = await finishedItems(page, before + 2 + rest.length);
+  const named = [[dropped[0], first], ...rest.map((path) => [basename(path), path])];
+  for (const [name, path] of named) {
+    const item = items.find((i) => i.name === name);
+    assert.ok(item, `${name} was not added`);
+    assert.equal(item.status, "done", `${name}: ${item.error}`);
+    assertClose(item.probabilities, expectedFor(path), name);
+    const result = page.locator(`[data-testid=result][data-name="${name}"]`);
+    // Shown through the worker's rendering (the browser cannot show DICOM), with how it was read.
+    const src = await result.locator("img").getAttribute("src");
+    assert.ok(src.startsWith("data:image/png;base64,"), `${name}: the image shown is ${src.slice(0, 40)}`);
+    const info = await result.getByTestId("dicom-info").textContent();
+    assert.match(info, /DICOM/);
+    assert.match(info, /Explicit VR Little Endian|JPEG Lossless/);
+  }
+  const mono1 = await page.locator(`[data-testid=result][data-name="${dropped[0]}"]`).getByTestId("dicom-info").textContent();
+  assert.match(mono1, /MONOCHROME1 \(inverted/);
+  const broken = items.find((i) => i.name === dropped[1]);
+  assert.equal(broken.status, "error");
+  assert.match(broken.error, /DICOM/);
+  // The fixtures name a test patient; the page must show neither name nor id.
+  const text = await page.locator("body").innerText();
+  assert.ok(!text.includes("NOT-SHOWN"), "the page shows the DICOM patient's name or id");
 });
 
 test("the screenshot is kept", async () => {

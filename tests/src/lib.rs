@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use pneumoscope::checkpoint::named_vars;
-use pneumoscope::ResNet50;
+use pneumoscope::{Classifier, ModelCard, ResNet50};
+use trainer::predict::load_classifier;
 
 /// `../shared/data` beside the repository (read-only, present for developers and CI).
 pub fn shared_data_dir() -> PathBuf {
@@ -16,6 +17,27 @@ pub fn shared_data_dir() -> PathBuf {
 
 pub fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The model in `weights/` (the one the page ships) and its card, loaded as the page and
+/// `trainer predict` load it: the weights' SHA-256 checked against the card.
+pub fn shipped_model() -> (Classifier, ModelCard) {
+    let dir = repo_root().join("weights");
+    let card_path = dir.join("model.json");
+    let text = std::fs::read_to_string(&card_path)
+        .unwrap_or_else(|e| panic!("the shipped card {}: {e}", card_path.display()));
+    let card = ModelCard::from_json(&text).expect("a valid card");
+    let classifier = load_classifier(
+        &dir.join(&card.weights.file),
+        Some(&card_path),
+        &Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("the shipped model: {e:#}"));
+    (classifier, card)
 }
 
 /// A fresh training model on a var map (values are whatever the var map starts with).

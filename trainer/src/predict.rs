@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Args;
+use pneumoscope::decode::decode;
+use pneumoscope::dicom::DicomInfo;
 use pneumoscope::{Checkpoint, Classifier, ModelCard, Prediction};
 use serde::Serialize;
 
@@ -21,7 +23,7 @@ pub struct PredictArgs {
     /// Print one JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Image files (PNG or JPEG).
+    /// Image files (PNG, JPEG or DICOM).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
 }
@@ -39,6 +41,9 @@ enum ImageResult {
         in_distribution: Option<bool>,
         #[serde(skip_serializing_if = "Option::is_none")]
         ood_score: Option<f32>,
+        /// How a DICOM file was read (no patient data).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dicom: Option<DicomInfo>,
     },
     Failed {
         file: String,
@@ -68,14 +73,25 @@ pub fn load_classifier(weights: &Path, card: Option<&Path>, device: &Device) -> 
 
 /// Reads and classifies one file; a read or decode failure is the error's message.
 pub fn classify_file(classifier: &Classifier, path: &Path) -> Result<Prediction, String> {
+    read_and_classify(classifier, path).map(|(prediction, _)| prediction)
+}
+
+fn read_and_classify(
+    classifier: &Classifier,
+    path: &Path,
+) -> Result<(Prediction, Option<DicomInfo>), String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    classifier.classify_bytes(&bytes).map_err(|e| e.to_string())
+    let decoded = decode(&bytes).map_err(|e| e.to_string())?;
+    let prediction = classifier
+        .classify_image(&decoded.image)
+        .map_err(|e| e.to_string())?;
+    Ok((prediction, decoded.dicom))
 }
 
 fn classify(classifier: &Classifier, path: &Path) -> ImageResult {
     let file = path.display().to_string();
-    match classify_file(classifier, path) {
-        Ok(prediction) => {
+    match read_and_classify(classifier, path) {
+        Ok((prediction, dicom)) => {
             let classes = classifier.classes();
             ImageResult::Classified {
                 file,
@@ -88,6 +104,7 @@ fn classify(classifier: &Classifier, path: &Path) -> ImageResult {
                 top_probability: prediction.probabilities[prediction.top],
                 in_distribution: prediction.in_distribution,
                 ood_score: prediction.ood_score,
+                dicom,
             }
         }
         Err(error) => ImageResult::Failed { file, error },
@@ -112,9 +129,20 @@ pub fn run(args: &PredictArgs, device: &Device) -> Result<bool> {
                     probabilities,
                     top,
                     in_distribution,
+                    dicom,
                     ..
                 } => {
                     println!("{file}");
+                    if let Some(info) = dicom {
+                        println!(
+                            "  DICOM: {}, {} ({} bits), frame 1 of {}, grey levels from {}",
+                            info.transfer_syntax,
+                            info.photometric_interpretation,
+                            info.bits_stored,
+                            info.frames,
+                            info.voi
+                        );
+                    }
                     if *in_distribution == Some(false) {
                         println!(
                             "  WARNING: this does not look like a chest X-ray of the kind the model was trained on; do not read the probabilities below as a finding"

@@ -1,0 +1,221 @@
+//! DICOM files written by `scripts/make_dicom_fixtures.py` from one real test radiograph: every
+//! encoding we claim decodes to the radiograph's grey levels, MONOCHROME1 and MONOCHROME2 agree,
+//! the shipped model classifies each as it classifies the source PNG and its gate accepts them;
+//! broken files get a clear error.
+
+use std::path::PathBuf;
+
+use image::Rgb32FImage;
+use pneumoscope::decode::{decode, decode_rgb};
+use pneumoscope::dicom::{is_dicom, DicomInfo, Voi};
+use pneumoscope_tests::{fixture_dir, shipped_model};
+
+fn dicom_dir() -> PathBuf {
+    fixture_dir().join("dicom")
+}
+
+fn read(name: &str) -> Vec<u8> {
+    let path = dicom_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn decoded(name: &str) -> (Rgb32FImage, DicomInfo) {
+    let result = decode(&read(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    (result.image, result.dicom.expect("decoded as DICOM"))
+}
+
+fn source() -> Rgb32FImage {
+    decode_rgb(&std::fs::read(dicom_dir().join("source.png")).unwrap()).unwrap()
+}
+
+/// (largest, mean) absolute difference of the red channels (grey images carry it in all three).
+fn difference(a: &Rgb32FImage, b: &Rgb32FImage) -> (f32, f32) {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let diffs: Vec<f32> = a
+        .pixels()
+        .zip(b.pixels())
+        .map(|(p, q)| (p.0[0] - q.0[0]).abs())
+        .collect();
+    let largest = diffs.iter().copied().fold(0.0, f32::max);
+    (largest, diffs.iter().sum::<f32>() / diffs.len() as f32)
+}
+
+/// Files that must decode to the source's grey levels, with the transfer syntax name's start
+/// and the largest per-pixel difference allowed (lossy JPEG is looser).
+const READABLE: &[(&str, &str, f32)] = &[
+    ("mono2-12bit.dcm", "Explicit VR Little Endian", 0.01),
+    (
+        "mono2-12bit-no-preamble.dcm",
+        "Explicit VR Little Endian",
+        0.01,
+    ),
+    (
+        "mono2-12bit-implicit.dcm",
+        "Implicit VR Little Endian",
+        0.01,
+    ),
+    ("mono2-12bit-deflated.dcm", "Deflated Explicit VR", 0.01),
+    ("mono2-12bit-rle.dcm", "RLE Lossless", 0.01),
+    ("mono1-12bit.dcm", "Explicit VR Little Endian", 0.01),
+    (
+        "mono2-16bit-signed-rescale.dcm",
+        "Explicit VR Little Endian",
+        0.01,
+    ),
+    (
+        "mono2-8bit-no-window.dcm",
+        "Explicit VR Little Endian",
+        0.001,
+    ),
+    ("mono2-12bit-voi-lut.dcm", "Explicit VR Little Endian", 0.01),
+    ("mono2-jpeg-baseline.dcm", "JPEG Baseline", 0.15),
+    ("mono2-jpeg-extended-8bit.dcm", "JPEG Extended", 0.15),
+    ("mono2-12bit-jpeg-lossless.dcm", "JPEG Lossless", 0.01),
+    (
+        "rgb-secondary-capture.dcm",
+        "Explicit VR Little Endian",
+        0.001,
+    ),
+    ("multiframe.dcm", "Explicit VR Little Endian", 0.01),
+];
+
+#[test]
+fn every_claimed_encoding_gives_the_radiograph_grey_levels() {
+    let source = source();
+    for &(name, syntax, tolerance) in READABLE {
+        let bytes = read(name);
+        assert!(is_dicom(&bytes), "{name} is sniffed as DICOM");
+        let (image, info) = decoded(name);
+        assert!(
+            info.transfer_syntax.starts_with(syntax),
+            "{name}: {}",
+            info.transfer_syntax
+        );
+        let (largest, mean) = difference(&image, &source);
+        assert!(
+            largest <= tolerance && mean <= 0.01,
+            "{name}: differs from the source by up to {largest} (mean {mean})"
+        );
+    }
+}
+
+#[test]
+fn the_header_says_how_the_grey_levels_were_made() {
+    let (_, info) = decoded("mono2-12bit.dcm");
+    assert_eq!(
+        info.voi,
+        Voi::Window {
+            center: 2048.0,
+            width: 4096.0,
+            function: "LINEAR".into()
+        }
+    );
+    assert_eq!((info.bits_stored, info.signed, info.frames), (12, false, 1));
+    assert_eq!(info.modality.as_deref(), Some("DX"));
+    assert_eq!(
+        decoded("mono1-12bit.dcm").1.photometric_interpretation,
+        "MONOCHROME1"
+    );
+    assert!(matches!(
+        decoded("mono2-8bit-no-window.dcm").1.voi,
+        Voi::MinMax { .. }
+    ));
+    assert_eq!(
+        decoded("mono2-12bit-voi-lut.dcm").1.voi,
+        Voi::Table { entries: 4096 }
+    );
+    let (_, signed) = decoded("mono2-16bit-signed-rescale.dcm");
+    assert!(signed.signed && signed.bits_stored == 16);
+    assert_eq!(decoded("rgb-secondary-capture.dcm").1.voi, Voi::Colour);
+    // Two frames: the first is read, and the result says there were two.
+    let (first, multi) = decoded("multiframe.dcm");
+    assert_eq!(multi.frames, 2);
+    assert_eq!(difference(&first, &decoded("mono2-12bit.dcm").0).0, 0.0);
+}
+
+#[test]
+fn nothing_about_the_patient_is_returned() {
+    for &(name, _, _) in READABLE {
+        let json = serde_json::to_string(&decoded(name).1).unwrap();
+        assert!(
+            !json.contains("NOT-SHOWN"),
+            "{name}: the patient's name or id leaked: {json}"
+        );
+    }
+}
+
+/// The same picture stored inverted as MONOCHROME1 comes out as MONOCHROME2 does, but for the
+/// window's half-step asymmetry (one 12-bit step).
+#[test]
+fn monochrome1_is_inverted_to_match_monochrome2() {
+    let (mono1, _) = decoded("mono1-12bit.dcm");
+    let (mono2, _) = decoded("mono2-12bit.dcm");
+    assert!(difference(&mono1, &mono2).0 <= 1.0 / 4095.0 + 1e-6);
+}
+
+/// Broken files and what their error must say.
+const BROKEN: &[(&str, &str)] = &[
+    ("broken-truncated.dcm", "DICOM"),
+    ("broken-header-only.dcm", "DICOM"),
+    ("broken-no-pixel-data.dcm", "DICOM"),
+    ("broken-huge.dcm", "over the limit"),
+    ("broken-wrong-transfer-syntax.dcm", "DICOM"),
+    ("mono2-12bit-jpeg-ls.dcm", "JPEG-LS"),
+    // jpeg-decoder reads 8-bit lossy JPEG only (12 bits only lossless).
+    ("mono2-12bit-jpeg-extended.dcm", "JPEG stream"),
+    ("broken-jpeg-size.dcm", "disagrees with the header"),
+];
+
+#[test]
+fn broken_files_get_a_clear_error() {
+    for &(name, expected) in BROKEN {
+        let error = decode(&read(name)).expect_err(name).to_string();
+        assert!(
+            error.contains(expected),
+            "{name}: `{error}` should mention {expected}"
+        );
+    }
+}
+
+#[test]
+fn jpeg_2000_decodes_or_is_refused_by_name() {
+    match decode(&read("mono2-12bit-jpeg2000.dcm")) {
+        Ok(result) => {
+            let (largest, _) = difference(&result.image, &source());
+            assert!(largest <= 0.01, "JPEG 2000 differs by {largest}");
+        }
+        Err(error) => assert!(error.to_string().contains("JPEG 2000"), "{error}"),
+    }
+}
+
+/// The shipped model reads every DICOM encoding as it reads the PNG: same top class, MONOCHROME1
+/// and MONOCHROME2 within 1e-3, and the gate accepts them.
+#[test]
+fn the_shipped_model_reads_dicom_as_it_reads_the_png() {
+    let (classifier, _) = shipped_model();
+    let reference = classifier.classify_image(&source()).unwrap();
+    assert_eq!(reference.in_distribution, Some(true), "the source PNG");
+    for &(name, _, _) in READABLE {
+        let prediction = classifier.classify_bytes(&read(name)).unwrap();
+        assert_eq!(prediction.top, reference.top, "{name}");
+        assert_eq!(prediction.in_distribution, Some(true), "{name}");
+    }
+    let mono1 = classifier.classify_bytes(&read("mono1-12bit.dcm")).unwrap();
+    let mono2 = classifier.classify_bytes(&read("mono2-12bit.dcm")).unwrap();
+    for (p, q) in mono1.probabilities.iter().zip(&mono2.probabilities) {
+        assert!((p - q).abs() <= 1e-3, "{p} vs {q}");
+    }
+}
+
+/// The page shows a DICOM file through this rendering: a grey PNG holding the windowed picture.
+#[test]
+fn the_preview_is_the_windowed_picture_as_a_png() {
+    let (image, _) = decoded("mono1-12bit.dcm");
+    let png = pneumoscope::decode::preview_png(&image, 1024).unwrap();
+    let back = image::load_from_memory(&png).unwrap();
+    assert_eq!(back.color(), image::ColorType::L8);
+    assert!(difference(&back.to_rgb32f(), &image).0 <= 0.5 / 255.0 + 1e-6);
+    let small =
+        image::load_from_memory(&pneumoscope::decode::preview_png(&image, 80).unwrap()).unwrap();
+    assert_eq!((small.width(), small.height()), (80, 80));
+}
