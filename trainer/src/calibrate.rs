@@ -16,7 +16,8 @@ use pneumoscope::Classifier;
 
 use crate::data::normalized_batch;
 use crate::gate::{
-    class_source_groups, fit_mahalanobis, threshold_for_true_accept, MIN_GROUP_IMAGES,
+    class_source_groups, fit_mahalanobis, held_out_of_fit, threshold_per_source, HELD_OUT_SHARE,
+    MIN_GROUP_IMAGES, MIN_HELD_OUT,
 };
 use crate::predict::load_classifier;
 use crate::training::{prepare_data, PreparedData, TrainArgs};
@@ -133,27 +134,47 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
         calibration.brier_after
     );
 
-    let sources: Vec<&str> = train_idx
-        .iter()
-        .map(|&i| images.samples[i].provenance.source.as_str())
-        .collect();
+    let source_of = |i: usize| images.samples[i].provenance.source.as_str();
+    let val_sources: Vec<&str> = val_idx.iter().map(|&i| source_of(i)).collect();
+    let train_sources: Vec<&str> = train_idx.iter().map(|&i| source_of(i)).collect();
+    let held = held_out_of_fit(&train_sources, &val_sources, HELD_OUT_SHARE, run_args.seed);
+    let (lent, fit): (Vec<_>, Vec<_>) = train_idx.iter().zip(&held).partition(|&(_, &h)| h);
+    let (fit_idx, lent_idx): (Vec<usize>, Vec<usize>) = (
+        fit.into_iter().map(|(&i, _)| i).collect(),
+        lent.into_iter().map(|(&i, _)| i).collect(),
+    );
+    let fit_sources: Vec<&str> = fit_idx.iter().map(|&i| source_of(i)).collect();
     let (groups, group_names) =
-        class_source_groups(&pick_labels(&train_idx), &sources, MIN_GROUP_IMAGES);
+        class_source_groups(&pick_labels(&fit_idx), &fit_sources, MIN_GROUP_IMAGES);
     println!("gate groups (class/source): {}", group_names.join(", "));
     let mut gate = fit_mahalanobis(
-        &pick(&features, &train_idx),
+        &pick(&features, &fit_idx),
         &groups,
         group_names.len(),
         args.dims,
     )?;
-    let val_scores: Vec<f32> = val_idx.iter().map(|&i| gate.score(&features[i])).collect();
-    gate.threshold = threshold_for_true_accept(&val_scores, args.true_accept);
+    let held_out_scores: Vec<(&str, f32)> = val_idx
+        .iter()
+        .chain(&lent_idx)
+        .map(|&i| (source_of(i), gate.score(&features[i])))
+        .collect();
+    let (threshold, per_source) =
+        threshold_per_source(&held_out_scores, args.true_accept, MIN_HELD_OUT);
+    gate.threshold = threshold;
     let kept_dims = gate.project(&features[0]).len();
+    for (source, count, own) in &per_source {
+        let accepted = held_out_scores
+            .iter()
+            .filter(|&&(s, score)| s == source && score <= threshold)
+            .count();
+        println!(
+            "gate: {source}: {count} held-out images, own threshold {own:.2}, {:.1}% accepted",
+            100.0 * accepted as f64 / *count as f64
+        );
+    }
     println!(
-        "gate: {kept_dims} dims, threshold {:.2} accepts {:.1}% of validation images",
-        gate.threshold,
-        100.0 * val_scores.iter().filter(|&&s| s <= gate.threshold).count() as f64
-            / val_scores.len() as f64
+        "gate: {kept_dims} dims, threshold {threshold:.2} ({} training images lent by sources without validation images)",
+        lent_idx.len()
     );
 
     let mut tensors: HashMap<String, Tensor> =
@@ -167,12 +188,14 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
     card.temperature = Some(temperature);
     card.ood_gate = Some(GateRecord {
         method: format!(
-            "Mahalanobis distance to the nearest of {} class-within-source means (shared covariance; sources under {MIN_GROUP_IMAGES} images of a class join its largest) in the top {kept_dims} principal components of the training split's {}, plus the residual off that subspace over its training variance",
+            "Mahalanobis distance to the nearest of {} class-within-source means (shared covariance; sources under {MIN_GROUP_IMAGES} images of a class join its largest) in the top {kept_dims} principal components of the training split's {}, plus the residual off that subspace over its training variance; threshold accepting {:.0}% of every source's held-out images (validation, or {:.0}% of a source's training images held out of the fit when validation has none)",
             group_names.len(),
             match args.gate_features {
                 GateFeatures::Pooled => "pooled features",
                 GateFeatures::Layer2Stats => "layer2 channel means and standard deviations",
-            }
+            },
+            100.0 * args.true_accept,
+            100.0 * HELD_OUT_SHARE
         ),
         dims: kept_dims,
         threshold: gate.threshold,

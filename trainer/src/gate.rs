@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use nalgebra::{DMatrix, SymmetricEigen};
 use pneumoscope::ood::MahalanobisGate;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 
 /// Sources with fewer training images of a class than this join that class's largest source:
 /// a mean of a handful of images would be noise.
@@ -160,6 +163,74 @@ pub fn fit_mahalanobis(
     )?)
 }
 
+/// Share of a source's training images held out of the gate's fit when the validation split has
+/// none of its images, so the threshold can be set on images the gate did not see.
+pub const HELD_OUT_SHARE: f64 = 0.2;
+/// Sources with fewer held-out images than this do not set the threshold: their quantile is noise.
+pub const MIN_HELD_OUT: usize = 20;
+
+/// Which training images the gate holds out of its fit: for each source with no validation
+/// image, a seeded `share` of its training images. `train_sources[i]` is training image i's
+/// source.
+pub fn held_out_of_fit(
+    train_sources: &[&str],
+    validation_sources: &[&str],
+    share: f64,
+    seed: u64,
+) -> Vec<bool> {
+    let mut by_source: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, &source) in train_sources.iter().enumerate() {
+        by_source.entry(source).or_default().push(i);
+    }
+    let mut held_out = vec![false; train_sources.len()];
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (source, mut images) in by_source {
+        if validation_sources.contains(&source) {
+            continue;
+        }
+        images.shuffle(&mut rng);
+        let count = (share * images.len() as f64).round() as usize;
+        for &i in &images[..count] {
+            held_out[i] = true;
+        }
+    }
+    held_out
+}
+
+/// The threshold that accepts at least `true_accept` of every source's held-out images (the
+/// largest of the per-source thresholds, over sources with at least `min_images`; all images
+/// pooled when none has that many), and each source's own threshold.
+pub fn threshold_per_source(
+    scores: &[(&str, f32)],
+    true_accept: f64,
+    min_images: usize,
+) -> (f32, Vec<(String, usize, f32)>) {
+    let mut by_source: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+    for &(source, score) in scores {
+        by_source.entry(source).or_default().push(score);
+    }
+    let per_source: Vec<(String, usize, f32)> = by_source
+        .into_iter()
+        .filter(|(_, s)| s.len() >= min_images)
+        .map(|(source, s)| {
+            (
+                source.to_string(),
+                s.len(),
+                threshold_for_true_accept(&s, true_accept),
+            )
+        })
+        .collect();
+    let threshold = per_source
+        .iter()
+        .map(|&(_, _, t)| t)
+        .reduce(f32::max)
+        .unwrap_or_else(|| {
+            let all: Vec<f32> = scores.iter().map(|&(_, s)| s).collect();
+            threshold_for_true_accept(&all, true_accept)
+        });
+    (threshold, per_source)
+}
+
 /// The smallest threshold that accepts at least `true_accept` of `scores` (in-distribution).
 pub fn threshold_for_true_accept(scores: &[f32], true_accept: f64) -> f32 {
     let mut sorted = scores.to_vec();
@@ -288,6 +359,34 @@ mod tests {
         let far = sample(-10.0, &mut rng);
         let scores: Vec<f32> = held_out_large.iter().map(|f| by_source.score(f)).collect();
         assert!(by_source.score(&far) > 2.0 * threshold_for_true_accept(&scores, 0.95));
+    }
+
+    #[test]
+    fn sources_without_validation_images_lend_a_seeded_share() {
+        let train: Vec<&str> = (0..100)
+            .map(|i| if i < 60 { "big" } else { "small" })
+            .collect();
+        let held = held_out_of_fit(&train, &["big"], 0.2, 3);
+        assert!(held[..60].iter().all(|&h| !h), "big has validation images");
+        assert_eq!(held[60..].iter().filter(|&&h| h).count(), 8);
+        assert_eq!(held, held_out_of_fit(&train, &["big"], 0.2, 3));
+        assert_ne!(held, held_out_of_fit(&train, &["big"], 0.2, 4));
+    }
+
+    #[test]
+    fn the_threshold_accepts_every_large_enough_source() {
+        let mut scores: Vec<(&str, f32)> = (1..=100).map(|i| ("a", i as f32)).collect();
+        scores.extend((1..=20).map(|i| ("b", 10.0 * i as f32)));
+        scores.extend((1..=5).map(|i| ("tiny", 1000.0 * i as f32)));
+        let (threshold, per_source) = threshold_per_source(&scores, 0.95, 20);
+        assert_eq!(threshold, 190.0, "b's 19th of 20");
+        assert_eq!(
+            per_source,
+            vec![("a".to_string(), 100, 95.0), ("b".to_string(), 20, 190.0)]
+        );
+        let (pooled, none) = threshold_per_source(&scores[..10], 0.9, 20);
+        assert!(none.is_empty());
+        assert_eq!(pooled, 9.0);
     }
 
     #[test]
