@@ -26,11 +26,13 @@ images=(
   "$data/Viral Pneumonia/0101.jpeg" "$data/Viral Pneumonia/0103.jpeg"
   "$root/$work/model/unlike/inverted.png" "$root/$work/model/unlike/pattern.png"
 )
-for image in "${images[@]}"; do [ -f "$image" ] || { echo "missing test image $image" >&2; exit 1; }; done
+dicom=("$root/tests/fixtures/dicom/mono1-12bit.dcm" "$root/tests/fixtures/dicom/mono2-12bit-jpeg-lossless.dcm")
+for image in "${images[@]}" "${dicom[@]}"; do [ -f "$image" ] || { echo "missing test image $image" >&2; exit 1; }; done
 cargo run --quiet --release -p trainer -- predict --weights "$work/dist/model.safetensors" --card "$work/dist/model.json" \
-  --json "${images[@]}" > "$work/expected.json"
+  --json "${images[@]}" "${dicom[@]}" > "$work/expected.json"
 
 joined=$(IFS=:; echo "${images[*]}")
+joined_dicom=$(IFS=:; echo "${dicom[*]}")
 cd tests/browser
-DIST=$root/$work/dist EXPECTED=$root/$work/expected.json IMAGES="$joined" \
+DIST=$root/$work/dist EXPECTED=$root/$work/expected.json IMAGES="$joined" DICOM="$joined_dicom" \
   ARTIFACTS=$root/$work/artifacts node --test --test-concurrency=1 page.test.mjs

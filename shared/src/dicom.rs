@@ -113,7 +113,7 @@ fn parse(bytes: &[u8]) -> Result<DefaultDicomObject> {
     OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .from_reader(Cursor::new(body))
-        .map_err(|e| dicom_error("the file could not be read", e))
+        .map_err(|e| dicom_error("the file could not be read", error_chain(&e)))
 }
 
 fn int_attribute(object: &DefaultDicomObject, tag: dicom_object::Tag, name: &str) -> Result<u32> {
@@ -243,7 +243,7 @@ fn check_transfer_syntax(object: &DefaultDicomObject) -> Result<(String, String)
         .ok_or_else(|| dicom_error("unknown transfer syntax", uid))?;
     if !syntax.can_decode_all() {
         return Err(Error::Decode(format!(
-            "DICOM: transfer syntax {} ({uid}) cannot be decoded here (no pure-Rust decoder for it); export the image uncompressed or as JPEG",
+            "DICOM: transfer syntax {} ({uid}) cannot be decoded here (this build has no decoder for it); export the image uncompressed or as JPEG",
             syntax.name()
         )));
     }

@@ -12,14 +12,18 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{HtmlInputElement, MessageEvent, Worker};
 
 use crate::card_panel::CardPanel;
-use crate::heatmap;
 use crate::js::error_message;
 use crate::protocol::{FromWorker, ImageResult, ToWorker};
 use crate::report::{self, Row};
+use crate::result_view::ItemView;
 
 /// Files above this size are refused before they are read: no radiograph is this large, and
 /// reading one would stall the tab.
 pub const MAX_FILE_BYTES: f64 = 200.0 * 1024.0 * 1024.0;
+
+/// What the file picker offers. DICOM files without an extension are read too (the worker
+/// sniffs the `DICM` marker): drop or paste them, or pick "All files".
+const ACCEPTED_FILES: &str = "image/png,image/jpeg,.dcm,.dicom,application/dicom";
 
 /// The worker's loader script, written by trunk beside the page.
 const WORKER_URL: &str = "./worker_loader.js";
@@ -41,7 +45,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Status::Reading => "reading",
             Status::Queued => "queued",
@@ -55,15 +59,17 @@ impl Status {
 /// One image the user gave the page.
 #[derive(Debug, Clone)]
 pub struct Item {
-    id: u32,
-    name: String,
-    /// A `blob:` URL of the file itself: the thumbnail never leaves the browser either.
-    thumbnail: String,
-    status: RwSignal<Status>,
+    pub(crate) id: u32,
+    pub(crate) name: String,
+    /// What the page shows of the image: a `blob:` URL of the file itself, or, for a file the
+    /// browser cannot show (DICOM), the worker's rendering as a `data:` URL. Neither leaves
+    /// the browser.
+    pub(crate) thumbnail: RwSignal<String>,
+    pub(crate) status: RwSignal<Status>,
     /// The class whose evidence the heat map shows; `None` means the top class.
-    heatmap_class: RwSignal<Option<usize>>,
+    pub(crate) heatmap_class: RwSignal<Option<usize>>,
     /// Show the probabilities of an image the gate flagged.
-    reveal: RwSignal<bool>,
+    pub(crate) reveal: RwSignal<bool>,
 }
 
 /// A message for the worker and the image buffer that travels with it.
@@ -120,6 +126,10 @@ impl Page {
             FromWorker::LoadFailed { message } => self.model.set(ModelState::Failed(message)),
             FromWorker::Started { id } => self.set_status(id, Status::Running),
             FromWorker::Classified { id, result } => {
+                if let (Some(item), Some(preview)) = (self.item(id), result.preview.clone()) {
+                    revoke_blob_url(&item.thumbnail.get_untracked());
+                    item.thumbnail.set(preview);
+                }
                 self.set_status(id, Status::Done(Arc::new(result)))
             }
             FromWorker::Failed { id, message } => self.set_status(id, Status::Failed(message)),
@@ -213,7 +223,9 @@ impl Page {
             let item = Item {
                 id,
                 name: file.name(),
-                thumbnail: web_sys::Url::create_object_url_with_blob(&file).unwrap_or_default(),
+                thumbnail: RwSignal::new(
+                    web_sys::Url::create_object_url_with_blob(&file).unwrap_or_default(),
+                ),
                 status: RwSignal::new(Status::Reading),
                 heatmap_class: RwSignal::new(None),
                 reveal: RwSignal::new(false),
@@ -248,7 +260,7 @@ impl Page {
     fn clear(&self) {
         self.items.update(|items| {
             for item in items.drain(..) {
-                let _ = web_sys::Url::revoke_object_url(&item.thumbnail);
+                revoke_blob_url(&item.thumbnail.get_untracked());
             }
         });
     }
@@ -289,7 +301,13 @@ fn file_list(list: Option<web_sys::FileList>) -> Vec<web_sys::File> {
         .unwrap_or_default()
 }
 
-fn percent(p: f32) -> String {
+fn revoke_blob_url(url: &str) {
+    if url.starts_with("blob:") {
+        let _ = web_sys::Url::revoke_object_url(url);
+    }
+}
+
+pub(crate) fn percent(p: f32) -> String {
     format!("{:.1}%", p * 100.0)
 }
 
@@ -436,13 +454,13 @@ fn DropZone(page: Page) -> impl IntoView {
                 page.add_files(file_list(event.data_transfer().and_then(|d| d.files())));
             }
         >
-            <p>"Drop chest radiographs (PNG or JPEG) here, paste them, or"</p>
+            <p>"Drop chest radiographs (PNG, JPEG or DICOM) here, paste them, or"</p>
             <label class="button">
                 "Choose files"
                 <input
                     type="file"
                     multiple=true
-                    accept="image/png,image/jpeg"
+                    accept=ACCEPTED_FILES
                     data-testid="file-input"
                     on:change=move |event| {
                         let input: HtmlInputElement = event_target(&event);
@@ -520,208 +538,6 @@ fn Controls(
             </button>
             <button on:click=move |_| page.clear()>"Clear"</button>
         </section>
-    }
-}
-
-#[component]
-fn HeatMap(
-    result: Arc<ImageResult>,
-    class: Signal<usize>,
-    show: RwSignal<bool>,
-    opacity: RwSignal<f64>,
-) -> impl IntoView {
-    let canvas = NodeRef::<leptos::html::Canvas>::new();
-    let (width, height) = (result.cam_width, result.cam_height);
-    let crop = result.crop;
-    let maps = result.clone();
-    Effect::new(move |_| {
-        let (Some(canvas), Some(map)) = (canvas.get(), maps.cams.get(class.get())) else {
-            return;
-        };
-        let pixels = heatmap::rgba(map);
-        let drawn = canvas
-            .get_context("2d")
-            .ok()
-            .flatten()
-            .map(|ctx| ctx.unchecked_into::<web_sys::CanvasRenderingContext2d>())
-            .zip(
-                web_sys::ImageData::new_with_u8_clamped_array_and_sh(
-                    wasm_bindgen::Clamped(&pixels),
-                    width as u32,
-                    height as u32,
-                )
-                .ok(),
-            )
-            .map(|(ctx, image)| ctx.put_image_data(&image, 0.0, 0.0));
-        if !matches!(drawn, Some(Ok(()))) {
-            web_sys::console::warn_1(&"could not draw the heat map".into());
-        }
-    });
-    view! {
-        <canvas
-            class="heatmap"
-            data-testid="heatmap"
-            node_ref=canvas
-            width=width
-            height=height
-            style:left=format!("{}%", crop.left * 100.0)
-            style:top=format!("{}%", crop.top * 100.0)
-            style:width=format!("{}%", crop.width * 100.0)
-            style:height=format!("{}%", crop.height * 100.0)
-            style:opacity=move || opacity.get().to_string()
-            style:display=move || if show.get() { "block" } else { "none" }
-        ></canvas>
-    }
-}
-
-#[component]
-fn Probabilities(
-    probabilities: Vec<f32>,
-    top: usize,
-    classes: Vec<String>,
-    heatmap_class: RwSignal<Option<usize>>,
-) -> impl IntoView {
-    let selected = move || heatmap_class.get().unwrap_or(top);
-    probabilities
-        .into_iter()
-        .zip(classes)
-        .enumerate()
-        .map(|(class, (p, name))| {
-            let label = name.clone();
-            view! {
-                <button
-                    class="bar"
-                    class:top=class == top
-                    class:selected=move || selected() == class
-                    title="Show the evidence for this class"
-                    data-testid="probability"
-                    data-class=name
-                    data-value=p.to_string()
-                    on:click=move |_| heatmap_class.set(Some(class))
-                >
-                    <span class="label">{label}</span>
-                    <span class="track">
-                        <span class="fill" style:width=format!("{}%", p * 100.0)></span>
-                    </span>
-                    <span class="value">{percent(p)}</span>
-                </button>
-            }
-        })
-        .collect_view()
-}
-
-#[component]
-fn Outcome(result: Arc<ImageResult>, classes: Vec<String>, item: Item) -> impl IntoView {
-    let top_name = classes.get(result.top).cloned().unwrap_or_default();
-    let flagged = result.flagged();
-    let (reveal, heatmap_class) = (item.reveal, item.heatmap_class);
-    let millis = format!("{:.0} ms", result.millis);
-    let details = {
-        let (probabilities, top) = (result.probabilities.clone(), result.top);
-        move || {
-            view! {
-                <div class="probabilities">
-                    <Probabilities
-                        probabilities=probabilities.clone()
-                        top=top
-                        classes=classes.clone()
-                        heatmap_class=heatmap_class
-                    />
-                </div>
-            }
-        }
-    };
-    let verdict = if flagged {
-        view! {
-            <div class="ood-warning" role="alert" data-testid="ood-warning">
-                <strong>"This does not look like a chest X-ray of the kind the model was trained on."</strong>
-                " No diagnosis is shown. "
-                <button on:click=move |_| reveal.update(|r| *r = !*r)>
-                    {move || if reveal.get() { "Hide probabilities" } else { "Show probabilities anyway" }}
-                </button>
-            </div>
-        }
-        .into_any()
-    } else {
-        view! {
-            <p class="top" data-testid="top-class">
-                {top_name}
-                " "
-                <span class="confidence">{percent(result.probabilities[result.top])}</span>
-            </p>
-        }
-        .into_any()
-    };
-    view! {
-        {verdict}
-        <Show when=move || !flagged || reveal.get()>{details.clone()}</Show>
-        <p class="time">{millis}</p>
-    }
-}
-
-#[component]
-fn ItemView(
-    item: Item,
-    classes: Memo<Vec<String>>,
-    show_heatmap: RwSignal<bool>,
-    opacity: RwSignal<f64>,
-) -> impl IntoView {
-    let status = item.status;
-    let probabilities = move || match status.get() {
-        Status::Done(result) => serde_json::to_string(&result.probabilities).ok(),
-        _ => None,
-    };
-    let heatmap = {
-        let item = item.clone();
-        move || match status.get() {
-            // An image the gate flags gets no heat map unless the user asks for its details.
-            Status::Done(result) if !result.flagged() || item.reveal.get() => {
-                let top = result.top;
-                let class = Signal::derive(move || item.heatmap_class.get().unwrap_or(top));
-                view! { <HeatMap result=result class=class show=show_heatmap opacity=opacity /> }
-                    .into_any()
-            }
-            _ => ().into_any(),
-        }
-    };
-    let body = {
-        let item = item.clone();
-        move || match status.get() {
-            Status::Reading => view! { <p class="pending">"Reading…"</p> }.into_any(),
-            Status::Queued => view! { <p class="pending">"Waiting…"</p> }.into_any(),
-            Status::Running => view! { <p class="pending">"Classifying…"</p> }.into_any(),
-            Status::Failed(message) => {
-                view! { <p class="error" data-testid="item-error">{message}</p> }.into_any()
-            }
-            Status::Done(result) => {
-                view! { <Outcome result=result classes=classes.get() item=item.clone() /> }
-                    .into_any()
-            }
-        }
-    };
-    let millis = move || match status.get() {
-        Status::Done(result) => Some(result.millis.to_string()),
-        _ => None,
-    };
-    let failed = move || matches!(status.get(), Status::Failed(_));
-    view! {
-        <article
-            class="item"
-            data-testid="result"
-            data-name=item.name.clone()
-            data-status=move || status.get().name()
-            data-probabilities=probabilities
-            data-millis=millis
-        >
-            <div class="figure" class:hidden=failed>
-                <img src=item.thumbnail.clone() alt=format!("radiograph {}", item.name) />
-                {heatmap}
-            </div>
-            <div class="details">
-                <h3 title=item.name.clone()>{item.name.clone()}</h3>
-                {body}
-            </div>
-        </article>
     }
 }
 

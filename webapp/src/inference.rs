@@ -4,10 +4,11 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use base64::prelude::*;
 use candle_core::Device;
 use js_sys::{Array, Uint8Array};
 use pneumoscope::classifier::classifier_from_bytes;
-use pneumoscope::decode::decode_rgb;
+use pneumoscope::decode::{decode, preview_png};
 use pneumoscope::{Classifier, ModelCard};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -108,9 +109,17 @@ fn now_ms() -> f64 {
     scope().performance().map(|p| p.now()).unwrap_or_default()
 }
 
+/// Longest side of the rendering sent back for a DICOM file: enough for a large view.
+const PREVIEW_SIDE: u32 = 1024;
+
+fn png_data_url(png: &[u8]) -> String {
+    format!("data:image/png;base64,{}", BASE64_STANDARD.encode(png))
+}
+
 fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String> {
     let start = now_ms();
-    let image = decode_rgb(bytes).map_err(|e| e.to_string())?;
+    let decoded = decode(bytes).map_err(|e| e.to_string())?;
+    let image = decoded.image;
     let prediction = classifier
         .classify_image(&image)
         .map_err(|e| e.to_string())?;
@@ -131,6 +140,13 @@ fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String
         in_distribution: prediction.in_distribution,
         ood_score: prediction.ood_score,
         millis: now_ms() - start,
+        preview: match decoded.dicom {
+            Some(_) => Some(png_data_url(
+                &preview_png(&image, PREVIEW_SIDE).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        },
+        dicom: decoded.dicom,
     })
 }
 

@@ -8,3 +8,4 @@ pub mod inference;
 pub mod js;
 pub mod protocol;
 pub mod report;
+pub mod result_view;

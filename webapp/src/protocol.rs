@@ -1,6 +1,7 @@
 //! Messages between the page and the inference worker. They travel as JSON strings; an image's
 //! bytes travel beside the message as a transferred `Uint8Array`, never inside it.
 
+use pneumoscope::dicom::DicomInfo;
 use pneumoscope::preprocess::CropRegion;
 use pneumoscope::ModelCard;
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,13 @@ pub struct ImageResult {
     pub ood_score: Option<f32>,
     /// Decoding, preprocessing and the forward pass, in milliseconds.
     pub millis: f64,
+    /// How a DICOM file was read (no patient data); `None` for PNG and JPEG.
+    #[serde(default)]
+    pub dicom: Option<DicomInfo>,
+    /// The picture the model saw, as a PNG `data:` URL, for files the browser cannot show
+    /// itself (DICOM); `None` when the file's own bytes can be shown.
+    #[serde(default)]
+    pub preview: Option<String>,
 }
 
 impl ImageResult {

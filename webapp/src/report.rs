@@ -90,6 +90,8 @@ mod tests {
             in_distribution,
             ood_score: Some(12.5),
             millis: 101.25,
+            dicom: None,
+            preview: None,
         }
     }
 
@@ -113,7 +115,7 @@ mod tests {
                 },
                 Row {
                     file: "d.txt",
-                    outcome: Err("not a PNG or JPEG image"),
+                    outcome: Err("not a PNG, JPEG or DICOM image"),
                 },
             ],
         );
@@ -130,7 +132,10 @@ mod tests {
             lines[2],
             "\"b,\"\"c\"\".jpg\",ok,not a chest X-ray of the trained kind,0.700000,0.200000,0.100000,false,12.500,101.2,"
         );
-        assert_eq!(lines[3], "d.txt,error,,,,,,,,not a PNG or JPEG image");
+        assert_eq!(
+            lines[3],
+            "d.txt,error,,,,,,,,not a PNG, JPEG or DICOM image"
+        );
         assert_eq!(lines.len(), 4);
     }
 }

@@ -1,0 +1,240 @@
+//! One image's card on the page: the radiograph with its heat map, the verdict, the
+//! probabilities, and how a DICOM file was read.
+
+use std::sync::Arc;
+
+use leptos::prelude::*;
+use wasm_bindgen::JsCast;
+
+use crate::app::{percent, Item, Status};
+use crate::heatmap;
+use pneumoscope::dicom::DicomInfo;
+
+use crate::protocol::ImageResult;
+
+#[component]
+fn HeatMap(
+    result: Arc<ImageResult>,
+    class: Signal<usize>,
+    show: RwSignal<bool>,
+    opacity: RwSignal<f64>,
+) -> impl IntoView {
+    let canvas = NodeRef::<leptos::html::Canvas>::new();
+    let (width, height) = (result.cam_width, result.cam_height);
+    let crop = result.crop;
+    let maps = result.clone();
+    Effect::new(move |_| {
+        let (Some(canvas), Some(map)) = (canvas.get(), maps.cams.get(class.get())) else {
+            return;
+        };
+        let pixels = heatmap::rgba(map);
+        let drawn = canvas
+            .get_context("2d")
+            .ok()
+            .flatten()
+            .map(|ctx| ctx.unchecked_into::<web_sys::CanvasRenderingContext2d>())
+            .zip(
+                web_sys::ImageData::new_with_u8_clamped_array_and_sh(
+                    wasm_bindgen::Clamped(&pixels),
+                    width as u32,
+                    height as u32,
+                )
+                .ok(),
+            )
+            .map(|(ctx, image)| ctx.put_image_data(&image, 0.0, 0.0));
+        if !matches!(drawn, Some(Ok(()))) {
+            web_sys::console::warn_1(&"could not draw the heat map".into());
+        }
+    });
+    view! {
+        <canvas
+            class="heatmap"
+            data-testid="heatmap"
+            node_ref=canvas
+            width=width
+            height=height
+            style:left=format!("{}%", crop.left * 100.0)
+            style:top=format!("{}%", crop.top * 100.0)
+            style:width=format!("{}%", crop.width * 100.0)
+            style:height=format!("{}%", crop.height * 100.0)
+            style:opacity=move || opacity.get().to_string()
+            style:display=move || if show.get() { "block" } else { "none" }
+        ></canvas>
+    }
+}
+
+#[component]
+fn Probabilities(
+    probabilities: Vec<f32>,
+    top: usize,
+    classes: Vec<String>,
+    heatmap_class: RwSignal<Option<usize>>,
+) -> impl IntoView {
+    let selected = move || heatmap_class.get().unwrap_or(top);
+    probabilities
+        .into_iter()
+        .zip(classes)
+        .enumerate()
+        .map(|(class, (p, name))| {
+            let label = name.clone();
+            view! {
+                <button
+                    class="bar"
+                    class:top=class == top
+                    class:selected=move || selected() == class
+                    title="Show the evidence for this class"
+                    data-testid="probability"
+                    data-class=name
+                    data-value=p.to_string()
+                    on:click=move |_| heatmap_class.set(Some(class))
+                >
+                    <span class="label">{label}</span>
+                    <span class="track">
+                        <span class="fill" style:width=format!("{}%", p * 100.0)></span>
+                    </span>
+                    <span class="value">{percent(p)}</span>
+                </button>
+            }
+        })
+        .collect_view()
+}
+
+#[component]
+fn Outcome(result: Arc<ImageResult>, classes: Vec<String>, item: Item) -> impl IntoView {
+    let top_name = classes.get(result.top).cloned().unwrap_or_default();
+    let flagged = result.flagged();
+    let (reveal, heatmap_class) = (item.reveal, item.heatmap_class);
+    let millis = format!("{:.0} ms", result.millis);
+    let details = {
+        let (probabilities, top) = (result.probabilities.clone(), result.top);
+        move || {
+            view! {
+                <div class="probabilities">
+                    <Probabilities
+                        probabilities=probabilities.clone()
+                        top=top
+                        classes=classes.clone()
+                        heatmap_class=heatmap_class
+                    />
+                </div>
+            }
+        }
+    };
+    let verdict = if flagged {
+        view! {
+            <div class="ood-warning" role="alert" data-testid="ood-warning">
+                <strong>"This does not look like a chest X-ray of the kind the model was trained on."</strong>
+                " No diagnosis is shown. "
+                <button on:click=move |_| reveal.update(|r| *r = !*r)>
+                    {move || if reveal.get() { "Hide probabilities" } else { "Show probabilities anyway" }}
+                </button>
+            </div>
+        }
+        .into_any()
+    } else {
+        view! {
+            <p class="top" data-testid="top-class">
+                {top_name}
+                " "
+                <span class="confidence">{percent(result.probabilities[result.top])}</span>
+            </p>
+        }
+        .into_any()
+    };
+    let dicom = result.dicom.as_ref().map(|info| {
+        view! { <p class="dicom" data-testid="dicom-info">{dicom_summary(info)}</p> }
+    });
+    view! {
+        {verdict}
+        <Show when=move || !flagged || reveal.get()>{details.clone()}</Show>
+        {dicom}
+        <p class="time">{millis}</p>
+    }
+}
+
+/// One line on how a DICOM file became the picture the model saw.
+fn dicom_summary(info: &DicomInfo) -> String {
+    let mut parts = vec![
+        format!("DICOM {}", info.modality.as_deref().unwrap_or(""))
+            .trim_end()
+            .to_string(),
+        info.transfer_syntax.clone(),
+        format!("{} bits", info.bits_stored),
+        if info.photometric_interpretation == "MONOCHROME1" {
+            "MONOCHROME1 (inverted: bone white)".to_string()
+        } else {
+            info.photometric_interpretation.clone()
+        },
+        info.voi.to_string(),
+    ];
+    if info.frames > 1 {
+        parts.push(format!("frame 1 of {} shown", info.frames));
+    }
+    parts.join(" · ")
+}
+
+#[component]
+pub fn ItemView(
+    item: Item,
+    classes: Memo<Vec<String>>,
+    show_heatmap: RwSignal<bool>,
+    opacity: RwSignal<f64>,
+) -> impl IntoView {
+    let status = item.status;
+    let probabilities = move || match status.get() {
+        Status::Done(result) => serde_json::to_string(&result.probabilities).ok(),
+        _ => None,
+    };
+    let heatmap = {
+        let item = item.clone();
+        move || match status.get() {
+            // An image the gate flags gets no heat map unless the user asks for its details.
+            Status::Done(result) if !result.flagged() || item.reveal.get() => {
+                let top = result.top;
+                let class = Signal::derive(move || item.heatmap_class.get().unwrap_or(top));
+                view! { <HeatMap result=result class=class show=show_heatmap opacity=opacity /> }
+                    .into_any()
+            }
+            _ => ().into_any(),
+        }
+    };
+    let body = {
+        let item = item.clone();
+        move || match status.get() {
+            Status::Reading => view! { <p class="pending">"Reading…"</p> }.into_any(),
+            Status::Queued => view! { <p class="pending">"Waiting…"</p> }.into_any(),
+            Status::Running => view! { <p class="pending">"Classifying…"</p> }.into_any(),
+            Status::Failed(message) => {
+                view! { <p class="error" data-testid="item-error">{message}</p> }.into_any()
+            }
+            Status::Done(result) => {
+                view! { <Outcome result=result classes=classes.get() item=item.clone() /> }
+                    .into_any()
+            }
+        }
+    };
+    let millis = move || match status.get() {
+        Status::Done(result) => Some(result.millis.to_string()),
+        _ => None,
+    };
+    let failed = move || matches!(status.get(), Status::Failed(_));
+    view! {
+        <article
+            class="item"
+            data-testid="result"
+            data-name=item.name.clone()
+            data-status=move || status.get().name()
+            data-probabilities=probabilities
+            data-millis=millis
+        >
+            <div class="figure" class:hidden=failed>
+                <img src=move || item.thumbnail.get() alt=format!("radiograph {}", item.name) />
+                {heatmap}
+            </div>
+            <div class="details">
+                <h3 title=item.name.clone()>{item.name.clone()}</h3>
+                {body}
+            </div>
+        </article>
+    }
+}
