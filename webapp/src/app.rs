@@ -130,7 +130,7 @@ impl Page {
                     revoke_blob_url(&item.thumbnail.get_untracked());
                     item.thumbnail.set(preview);
                 }
-                self.set_status(id, Status::Done(Arc::new(result)))
+                self.set_status(id, Status::Done(Arc::new(*result)))
             }
             FromWorker::Failed { id, message } => self.set_status(id, Status::Failed(message)),
         }

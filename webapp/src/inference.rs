@@ -100,7 +100,10 @@ fn answer(state: &State, id: u32, bytes: &[u8]) {
         State::Loading(_) => Err("the model is still loading".into()),
     };
     post(&match outcome {
-        Ok(result) => FromWorker::Classified { id, result },
+        Ok(result) => FromWorker::Classified {
+            id,
+            result: Box::new(result),
+        },
         Err(message) => FromWorker::Failed { id, message },
     });
 }

@@ -39,7 +39,7 @@ pub enum FromWorker {
     },
     Classified {
         id: u32,
-        result: ImageResult,
+        result: Box<ImageResult>,
     },
     Failed {
         id: u32,
