@@ -134,7 +134,7 @@ mod tests {
         );
         assert_eq!(
             lines[3],
-            "d.txt,error,,,,,,,,not a PNG, JPEG or DICOM image"
+            "d.txt,error,,,,,,,,\"not a PNG, JPEG or DICOM image\""
         );
         assert_eq!(lines.len(), 4);
     }
