@@ -137,6 +137,7 @@ struct Geometry {
     rows: u32,
     columns: u32,
     samples: u32,
+    bits_allocated: u32,
     frames: u32,
 }
 
@@ -178,8 +179,74 @@ fn check_geometry(object: &DefaultDicomObject) -> Result<Geometry> {
         rows,
         columns,
         samples,
+        bits_allocated: allocated,
         frames,
     })
+}
+
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+/// An RLE frame starts with the number of segments and 15 segment offsets (PS3.5 annex G).
+const RLE_HEADER_BYTES: usize = 64;
+
+/// Bytes a PackBits segment decodes to (runs cut off by the segment's end count as far as they go).
+fn packbits_length(segment: &[u8]) -> usize {
+    let (mut at, mut length) = (0, 0);
+    while let Some(&header) = segment.get(at) {
+        let header = header as i8;
+        if header >= 0 {
+            let literal = header as usize + 1;
+            length += literal.min(segment.len() - at - 1);
+            at += 1 + literal;
+        } else if header != -128 {
+            length += (1 - isize::from(header)) as usize;
+            at += 2;
+        } else {
+            at += 1;
+        }
+    }
+    length
+}
+
+/// dicom-rs's RLE decoder indexes the frame's header and segments without checking them (it
+/// panicked on fuzzed files): the header must hold one segment per sample byte, each within the
+/// fragment and decoding to Rows x Columns bytes.
+fn check_rle_frame(object: &DefaultDicomObject, uid: &str, geometry: &Geometry) -> Result<()> {
+    if uid != RLE_LOSSLESS {
+        return Ok(());
+    }
+    let invalid = |why: &str| dicom_error("invalid RLE pixel data", why);
+    let fragment = object
+        .element(tags::PIXEL_DATA)
+        .ok()
+        .and_then(|e| e.value().fragments())
+        .and_then(|f| f.first())
+        .ok_or_else(|| invalid("no fragment"))?;
+    if fragment.len() < RLE_HEADER_BYTES {
+        return Err(invalid("the frame is shorter than its 64-byte header"));
+    }
+    let word = |i: usize| u32::from_le_bytes(fragment[4 * i..4 * i + 4].try_into().unwrap());
+    let segments = word(0) as usize;
+    if segments != (geometry.samples * geometry.bits_allocated / 8) as usize {
+        return Err(invalid(&format!(
+            "{segments} segments for {} samples of {} bits",
+            geometry.samples, geometry.bits_allocated
+        )));
+    }
+    let mut bounds: Vec<usize> = (1..=segments).map(|i| word(i) as usize).collect();
+    bounds.push(fragment.len());
+    let pixels = geometry.rows as usize * geometry.columns as usize;
+    for pair in bounds.windows(2) {
+        let (start, end) = (pair[0], pair[1]);
+        if start < RLE_HEADER_BYTES || start > end || end > fragment.len() {
+            return Err(invalid("segment offsets out of order or past the frame"));
+        }
+        if packbits_length(&fragment[start..end]) < pixels {
+            return Err(invalid(
+                "a segment decodes to fewer bytes than Rows x Columns",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Transfer syntaxes whose fragments hold JPEG streams (baseline, extended, lossless 14 and
@@ -327,6 +394,7 @@ pub fn decode_dicom(bytes: &[u8]) -> Result<(Rgb32FImage, DicomInfo)> {
     let (uid, transfer_syntax) = check_transfer_syntax(&object)?;
     let geometry = check_geometry(&object)?;
     check_jpeg_stream(&object, &uid, &geometry)?;
+    check_rle_frame(&object, &uid, &geometry)?;
     let modality = object
         .element_opt(tags::MODALITY)
         .ok()
@@ -385,4 +453,18 @@ pub fn decode_dicom(bytes: &[u8]) -> Result<(Rgb32FImage, DicomInfo)> {
         voi,
     };
     Ok((image, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::packbits_length;
+
+    #[test]
+    fn packbits_length_counts_literals_runs_and_no_ops() {
+        // A literal of 3, a run of 4, a no-op, then a literal of 5 cut off after 2 bytes.
+        let segment = [2, 1, 2, 3, 0xFD, 9, 0x80, 4, 7, 7];
+        assert_eq!(packbits_length(&segment), 3 + 4 + 2);
+        assert_eq!(packbits_length(&[]), 0);
+        assert_eq!(packbits_length(&[0x81, 5]), 128);
+    }
 }

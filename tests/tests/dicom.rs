@@ -209,3 +209,22 @@ fn the_preview_is_the_windowed_picture_as_a_png() {
         image::load_from_memory(&pneumoscope::decode::preview_png(&image, 80).unwrap()).unwrap();
     assert_eq!((small.width(), small.height()), (80, 80));
 }
+
+/// Every input the fuzzers (`fuzz/`) made crash, kept in `tests/fixtures/dicom/fuzz`: each
+/// must now be a clear error, not a panic.
+#[test]
+fn inputs_that_crashed_the_fuzzers_are_clear_errors() {
+    let dir = dicom_dir().join("fuzz");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for file in files {
+        let error = decode(&std::fs::read(&file).unwrap())
+            .expect_err(&file.display().to_string())
+            .to_string();
+        assert!(error.contains("DICOM"), "{}: {error}", file.display());
+    }
+}
