@@ -44,6 +44,28 @@ pub struct DicomInfo {
     pub voi: Voi,
 }
 
+impl DicomInfo {
+    /// One line on how the file became the picture the model saw, for the page and the CLI.
+    pub fn summary(&self) -> String {
+        let modality = self.modality.as_deref().unwrap_or("");
+        let mut parts = vec![
+            format!("DICOM {modality}").trim_end().to_string(),
+            self.transfer_syntax.clone(),
+            format!("{} bits", self.bits_stored),
+            if self.photometric_interpretation == "MONOCHROME1" {
+                "MONOCHROME1 (inverted: bone white)".to_string()
+            } else {
+                self.photometric_interpretation.clone()
+            },
+            self.voi.to_string(),
+        ];
+        if self.frames > 1 {
+            parts.push(format!("frame 1 of {} shown", self.frames));
+        }
+        parts.join(" · ")
+    }
+}
+
 /// The VOI (values of interest) transform applied after the Modality LUT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -83,7 +105,16 @@ impl std::fmt::Display for Voi {
 /// Whether `bytes` start like a DICOM Part 10 file: "DICM" after a 128-byte preamble, or at the
 /// very start (files written without the preamble).
 pub fn is_dicom(bytes: &[u8]) -> bool {
-    bytes.get(PREAMBLE..PREAMBLE + 4) == Some(MAGIC) || bytes.starts_with(MAGIC)
+    from_magic(bytes).is_some()
+}
+
+/// The file from its "DICM" marker on, preamble or not.
+fn from_magic(bytes: &[u8]) -> Option<&[u8]> {
+    if bytes.get(PREAMBLE..PREAMBLE + 4) == Some(MAGIC) {
+        Some(&bytes[PREAMBLE..])
+    } else {
+        bytes.starts_with(MAGIC).then_some(bytes)
+    }
 }
 
 /// An error and its causes, "outer: inner: innermost" (dicom-rs puts the reason in the causes).
@@ -103,13 +134,7 @@ fn dicom_error(context: &str, error: impl std::fmt::Display) -> Error {
 }
 
 fn parse(bytes: &[u8]) -> Result<DefaultDicomObject> {
-    let body = if bytes.get(PREAMBLE..PREAMBLE + 4) == Some(MAGIC) {
-        &bytes[PREAMBLE..]
-    } else if bytes.starts_with(MAGIC) {
-        bytes
-    } else {
-        return Err(Error::UnsupportedFormat);
-    };
+    let body = from_magic(bytes).ok_or(Error::UnsupportedFormat)?;
     OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .from_reader(Cursor::new(body))
@@ -184,6 +209,14 @@ fn check_geometry(object: &DefaultDicomObject) -> Result<Geometry> {
     })
 }
 
+/// The encapsulated pixel data's fragments; `None` when the pixel data is native or missing.
+fn pixel_fragments(object: &DefaultDicomObject) -> Option<&[Vec<u8>]> {
+    object
+        .element(tags::PIXEL_DATA)
+        .ok()
+        .and_then(|e| e.value().fragments())
+}
+
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// An RLE frame starts with the number of segments and 15 segment offsets (PS3.5 annex G).
 const RLE_HEADER_BYTES: usize = 64;
@@ -215,10 +248,7 @@ fn check_rle_frame(object: &DefaultDicomObject, uid: &str, geometry: &Geometry) 
         return Ok(());
     }
     let invalid = |why: &str| dicom_error("invalid RLE pixel data", why);
-    let fragment = object
-        .element(tags::PIXEL_DATA)
-        .ok()
-        .and_then(|e| e.value().fragments())
+    let fragment = pixel_fragments(object)
         .and_then(|f| f.first())
         .ok_or_else(|| invalid("no fragment"))?;
     if fragment.len() < RLE_HEADER_BYTES {
@@ -264,10 +294,7 @@ fn check_jpeg_stream(object: &DefaultDicomObject, uid: &str, geometry: &Geometry
     if !JPEG_SYNTAXES.contains(&uid) {
         return Ok(());
     }
-    let fragments = object
-        .element(tags::PIXEL_DATA)
-        .ok()
-        .and_then(|e| e.value().fragments())
+    let fragments = pixel_fragments(object)
         .filter(|f| !f.is_empty())
         .ok_or_else(|| dicom_error("pixel data", "no encapsulated JPEG fragments"))?;
     let stream: Vec<u8> = fragments.iter().flatten().copied().collect();

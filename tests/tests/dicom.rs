@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use image::Rgb32FImage;
 use pneumoscope::decode::{decode, decode_rgb};
 use pneumoscope::dicom::{is_dicom, DicomInfo, Voi};
-use pneumoscope_tests::{fixture_dir, shipped_model};
+use pneumoscope_tests::{fixture_dir, shipped_model, sorted_files};
 
 fn dicom_dir() -> PathBuf {
     fixture_dir().join("dicom")
@@ -215,11 +215,7 @@ fn the_preview_is_the_windowed_picture_as_a_png() {
 #[test]
 fn inputs_that_crashed_the_fuzzers_are_clear_errors() {
     let dir = dicom_dir().join("fuzz");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = sorted_files(&dir);
     assert!(!files.is_empty());
     for file in files {
         let error = decode(&std::fs::read(&file).unwrap())

@@ -8,7 +8,9 @@ use image::{imageops, Rgb, Rgb32FImage};
 use pneumoscope::card::GroupEvaluation;
 use pneumoscope::decode::decode_rgb;
 use pneumoscope::Classifier;
-use pneumoscope_tests::{colour_pattern, fixture_dir, shared_data_dir, shipped_model as shipped};
+use pneumoscope_tests::{
+    colour_pattern, fixture_dir, shared_data_dir, shipped_model as shipped, sorted_files,
+};
 use trainer::data::ImageFolder;
 use trainer::evaluate::evaluate_folder;
 
@@ -65,12 +67,10 @@ fn inverted(image: &Rgb32FImage) -> Rgb32FImage {
 
 fn not_radiographs() -> Vec<(String, Rgb32FImage)> {
     let dir = fixture_dir().join("ood/natural");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
+    let files: Vec<PathBuf> = sorted_files(&dir)
+        .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x == "png"))
         .collect();
-    files.sort();
     let mut images: Vec<(String, Rgb32FImage)> = files
         .iter()
         .map(|p| (name_of(p), decode_rgb(&std::fs::read(p).unwrap()).unwrap()))
@@ -120,11 +120,7 @@ fn gate_flags_inverted_and_rotated_radiographs() {
 fn gate_flags_ct_slices() {
     let (classifier, _) = shipped();
     let dir = shared_data_dir().join("not-chest-xray/ct-slices");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = sorted_files(&dir);
     assert!(files.len() >= 100, "{} CT slices", files.len());
     let slices: Vec<Rgb32FImage> = files
         .iter()

@@ -134,14 +134,7 @@ pub fn run(args: &PredictArgs, device: &Device) -> Result<bool> {
                 } => {
                     println!("{file}");
                     if let Some(info) = dicom {
-                        println!(
-                            "  DICOM: {}, {} ({} bits), frame 1 of {}, grey levels from {}",
-                            info.transfer_syntax,
-                            info.photometric_interpretation,
-                            info.bits_stored,
-                            info.frames,
-                            info.voi
-                        );
+                        println!("  {}", info.summary());
                     }
                     if *in_distribution == Some(false) {
                         println!(

@@ -8,8 +8,6 @@ use wasm_bindgen::JsCast;
 
 use crate::app::{percent, Item, Status};
 use crate::heatmap;
-use pneumoscope::dicom::DicomInfo;
-
 use crate::protocol::ImageResult;
 
 #[component]
@@ -142,7 +140,7 @@ fn Outcome(result: Arc<ImageResult>, classes: Vec<String>, item: Item) -> impl I
         .into_any()
     };
     let dicom = result.dicom.as_ref().map(|info| {
-        view! { <p class="dicom" data-testid="dicom-info">{dicom_summary(info)}</p> }
+        view! { <p class="dicom" data-testid="dicom-info">{info.summary()}</p> }
     });
     view! {
         {verdict}
@@ -150,27 +148,6 @@ fn Outcome(result: Arc<ImageResult>, classes: Vec<String>, item: Item) -> impl I
         {dicom}
         <p class="time">{millis}</p>
     }
-}
-
-/// One line on how a DICOM file became the picture the model saw.
-fn dicom_summary(info: &DicomInfo) -> String {
-    let mut parts = vec![
-        format!("DICOM {}", info.modality.as_deref().unwrap_or(""))
-            .trim_end()
-            .to_string(),
-        info.transfer_syntax.clone(),
-        format!("{} bits", info.bits_stored),
-        if info.photometric_interpretation == "MONOCHROME1" {
-            "MONOCHROME1 (inverted: bone white)".to_string()
-        } else {
-            info.photometric_interpretation.clone()
-        },
-        info.voi.to_string(),
-    ];
-    if info.frames > 1 {
-        parts.push(format!("frame 1 of {} shown", info.frames));
-    }
-    parts.join(" · ")
 }
 
 #[component]
