@@ -1,7 +1,7 @@
 //! DICOM files written by `scripts/make_dicom_fixtures.py` from one real test radiograph: every
 //! encoding we claim decodes to the radiograph's grey levels, MONOCHROME1 and MONOCHROME2 agree,
 //! the shipped model classifies each as it classifies the source PNG and its gate accepts them;
-//! broken files get a clear error.
+//! broken files get a clear error. pydicom's public test files decode as pydicom decodes them.
 
 use std::path::PathBuf;
 
@@ -28,14 +28,10 @@ fn source() -> Rgb32FImage {
     decode_rgb(&std::fs::read(dicom_dir().join("source.png")).unwrap()).unwrap()
 }
 
-/// (largest, mean) absolute difference of the red channels (grey images carry it in all three).
+/// (largest, mean) absolute difference over every channel.
 fn difference(a: &Rgb32FImage, b: &Rgb32FImage) -> (f32, f32) {
     assert_eq!(a.dimensions(), b.dimensions());
-    let diffs: Vec<f32> = a
-        .pixels()
-        .zip(b.pixels())
-        .map(|(p, q)| (p.0[0] - q.0[0]).abs())
-        .collect();
+    let diffs: Vec<f32> = a.iter().zip(b.iter()).map(|(p, q)| (p - q).abs()).collect();
     let largest = diffs.iter().copied().fold(0.0, f32::max);
     (largest, diffs.iter().sum::<f32>() / diffs.len() as f32)
 }
@@ -194,6 +190,54 @@ fn the_shipped_model_reads_dicom_as_it_reads_the_png() {
     let mono2 = classifier.classify_bytes(&read("mono2-12bit.dcm")).unwrap();
     for (p, q) in mono1.probabilities.iter().zip(&mono2.probabilities) {
         assert!((p - q).abs() <= 1e-3, "{p} vs {q}");
+    }
+}
+
+/// pydicom's own test files (made by DCMTK, GDCM and scanners, not by us), with the largest
+/// per-pixel difference allowed from what pydicom makes of them (lossy: another decoder).
+const PYDICOM_READABLE: &[(&str, f32)] = &[
+    ("CT_small", 1e-4),
+    ("MR_small", 1e-4),
+    ("MR_small_implicit", 1e-4),
+    ("MR_small_bigendian", 1e-4),
+    ("MR_small_RLE", 1e-4),
+    ("MR_small_jp2klossless", 1e-4),
+    ("image_dfl", 1e-4),
+    ("693_J2KI", 1.0 / 255.0),
+    ("SC_rgb_rle", 1e-4),
+    ("SC_rgb_rle_2frame", 1e-4),
+    ("SC_rgb_jpeg_dcmtk", 2.0 / 255.0),
+];
+
+const PYDICOM_REFUSED: &[(&str, &str)] = &[
+    ("JPEG-lossy", "JPEG stream"),
+    ("MR_small_jpeg_ls_lossless", "JPEG-LS"),
+    ("MR_truncated", "could not be read"),
+    ("rtplan", "missing attribute"),
+];
+
+/// Our reader agrees with pydicom (Modality LUT, window or min-max, colour) on files other tools
+/// wrote; `scripts/make_pydicom_references.py` made the references.
+#[test]
+fn pydicoms_test_files_decode_as_pydicom_decodes_them() {
+    let dir = dicom_dir().join("pydicom");
+    for &(name, tolerance) in PYDICOM_READABLE {
+        let (image, info) = decoded(&format!("pydicom/{name}.dcm"));
+        let reference = image::open(dir.join(format!("{name}.png")))
+            .unwrap()
+            .to_rgb32f();
+        let (largest, mean) = difference(&image, &reference);
+        assert!(
+            largest <= tolerance && mean <= tolerance.min(1.0 / 255.0),
+            "{name} ({}): differs from pydicom by up to {largest} (mean {mean})",
+            info.summary()
+        );
+    }
+    for &(name, expected) in PYDICOM_REFUSED {
+        let error = decode(&read(&format!("pydicom/{name}.dcm")))
+            .expect_err(name)
+            .to_string();
+        assert!(error.contains(expected), "{name}: `{error}`");
     }
 }
 
