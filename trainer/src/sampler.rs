@@ -2,6 +2,12 @@
 //! dominate what the network learns about that class; the balanced sampler draws (with
 //! replacement) so every class gets the same share and, within a class, each source a share that
 //! grows only as `count^power` (0: all sources alike, 1: as they come).
+//!
+//! Equal classes are not equal within a source: a network tells sources apart at a glance, so it
+//! learns each source's class mix as a prior. With Normal split over three sources and Viral
+//! Pneumonia over two, a pediatric image was drawn as Viral Pneumonia twice as often as Normal.
+//! `class-source-group` weighs every (class, source) group alike (by `count^power`), which
+//! keeps the classes of one source near-equal.
 
 use std::collections::HashMap;
 
@@ -20,6 +26,8 @@ pub enum Balance {
     /// Classes equal, sources within a class by `count^power`.
     #[serde(alias = "ClassSource")] // checkpoints of the first multi-source run
     ClassSource,
+    /// Every (class, source) group by `count^power`, so a source's classes are near-equal.
+    ClassSourceGroup,
 }
 
 /// Per-image drawing weights over a training set.
@@ -30,7 +38,7 @@ pub struct BalancedSampler {
 
 impl BalancedSampler {
     /// `labels[i]` and `sources[i]` describe training image i.
-    pub fn new(labels: &[usize], sources: &[&str], power: f64) -> Result<Self> {
+    pub fn new(labels: &[usize], sources: &[&str], balance: Balance, power: f64) -> Result<Self> {
         if labels.len() != sources.len() || labels.is_empty() {
             bail!("the sampler needs one source per label, and at least one image");
         }
@@ -38,17 +46,22 @@ impl BalancedSampler {
         for (&label, &source) in labels.iter().zip(sources) {
             *group_sizes.entry((label, source)).or_default() += 1;
         }
-        // Each class's total mass is 1, split among its sources by size^power.
-        let mut class_mass: HashMap<usize, f64> = HashMap::new();
+        // A group's mass is size^power over the total of its class (class-source: each class
+        // sums to 1) or of all groups (class-source-group); its images share it.
+        let mut total_mass: HashMap<Option<usize>, f64> = HashMap::new();
+        let pool = |label: usize| match balance {
+            Balance::ClassSourceGroup => None,
+            _ => Some(label),
+        };
         for (&(label, _), &size) in &group_sizes {
-            *class_mass.entry(label).or_default() += (size as f64).powf(power);
+            *total_mass.entry(pool(label)).or_default() += (size as f64).powf(power);
         }
         let weights = labels
             .iter()
             .zip(sources)
             .map(|(&label, &source)| {
                 let size = group_sizes[&(label, source)] as f64;
-                size.powf(power) / class_mass[&label] / size
+                size.powf(power) / total_mass[&pool(label)] / size
             })
             .collect();
         Ok(Self { weights })
@@ -101,7 +114,7 @@ mod tests {
     fn classes_are_balanced_and_sources_tempered() {
         let (labels, sources) = skewed();
         let draws = |power: f64| {
-            BalancedSampler::new(&labels, &sources, power)
+            BalancedSampler::new(&labels, &sources, Balance::ClassSource, power)
                 .unwrap()
                 .draw(40_000, &mut StdRng::seed_from_u64(5))
         };
@@ -120,7 +133,7 @@ mod tests {
     #[test]
     fn draws_are_seeded() {
         let (labels, sources) = skewed();
-        let sampler = BalancedSampler::new(&labels, &sources, 0.5).unwrap();
+        let sampler = BalancedSampler::new(&labels, &sources, Balance::ClassSource, 0.5).unwrap();
         let a = sampler.draw(100, &mut StdRng::seed_from_u64(1));
         assert_eq!(a, sampler.draw(100, &mut StdRng::seed_from_u64(1)));
         assert_ne!(a, sampler.draw(100, &mut StdRng::seed_from_u64(2)));
@@ -132,6 +145,27 @@ mod tests {
         let mut order = epoch_order(10, None, 0, &mut StdRng::seed_from_u64(3));
         order.sort_unstable();
         assert_eq!(order, (0..10).collect::<Vec<_>>());
-        assert!(BalancedSampler::new(&[0, 1], &["a"], 0.5).is_err());
+        assert!(BalancedSampler::new(&[0, 1], &["a"], Balance::ClassSource, 0.5).is_err());
+    }
+
+    #[test]
+    fn groups_alike_keep_a_sources_classes_equal() {
+        // Source "a": 800 of class 0 and 200 of class 1; source "b": 100 of class 0.
+        let mut labels = vec![0; 800];
+        labels.extend([1; 200]);
+        labels.extend([0; 100]);
+        let mut sources = vec!["a"; 1000];
+        sources.extend(["b"; 100]);
+        let draws = BalancedSampler::new(&labels, &sources, Balance::ClassSourceGroup, 0.0)
+            .unwrap()
+            .draw(30_000, &mut StdRng::seed_from_u64(9));
+        for group in [0..800, 800..1000, 1000..1100] {
+            assert!((shares(&draws, |i| group.contains(&i)) - 1.0 / 3.0).abs() < 0.02);
+        }
+        // class-source would give class 1 (one group) half of all draws.
+        let by_class = BalancedSampler::new(&labels, &sources, Balance::ClassSource, 0.0)
+            .unwrap()
+            .draw(30_000, &mut StdRng::seed_from_u64(9));
+        assert!((shares(&by_class, |i| labels[i] == 1) - 0.5).abs() < 0.02);
     }
 }

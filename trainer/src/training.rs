@@ -80,12 +80,14 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     pub val_data: Vec<PathBuf>,
-    /// How an epoch draws its images: `none` (each once, shuffled) or `class-source` (classes
-    /// equal, sources within a class by count^--source-power, with replacement).
+    /// How an epoch draws its images: `none` (each once, shuffled), `class-source` (classes
+    /// equal, sources within a class by count^--source-power, with replacement) or
+    /// `class-source-group` (every (class, source) group by count^--source-power).
     #[arg(long, value_enum, default_value = "none")]
     #[serde(default = "no_balance")]
     pub balance: Balance,
-    /// Exponent of a source's size in its share of its class (0: all sources alike).
+    /// Exponent of a group's size in its share (of its class with class-source, of all with
+    /// class-source-group; 0: all alike).
     #[arg(long, default_value_t = 0.5)]
     #[serde(default)]
     pub source_power: f64,
@@ -771,13 +773,18 @@ fn sampler_for(
 ) -> Result<Option<BalancedSampler>> {
     Ok(match args.balance {
         Balance::None => None,
-        Balance::ClassSource => {
+        balance @ (Balance::ClassSource | Balance::ClassSourceGroup) => {
             let labels: Vec<usize> = train_idx.iter().map(|&i| images.samples[i].label).collect();
             let sources: Vec<&str> = train_idx
                 .iter()
                 .map(|&i| images.samples[i].provenance.source.as_str())
                 .collect();
-            Some(BalancedSampler::new(&labels, &sources, args.source_power)?)
+            Some(BalancedSampler::new(
+                &labels,
+                &sources,
+                balance,
+                args.source_power,
+            )?)
         }
     })
 }
