@@ -26,8 +26,19 @@ pub struct WeightsInfo {
     pub file: String,
     pub sha256: String,
     pub bytes: u64,
-    /// "f32" or "f16".
+    /// "f32", "f16" or `quantize::INT8_DTYPE`.
     pub dtype: String,
+}
+
+/// How int8 weights were made from a float model, with that model's accuracies, so the loss
+/// from quantizing reads beside the int8 model's own evaluations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationRecord {
+    pub scheme: String,
+    pub from_sha256: String,
+    pub from_dtype: String,
+    /// (evaluation name, accuracy) of the float model.
+    pub from_accuracy: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +118,8 @@ pub struct ModelCard {
     pub ood_gate: Option<GateRecord>,
     #[serde(default)]
     pub evaluations: Vec<Evaluation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantizationRecord>,
     pub intended_use: String,
     #[serde(default)]
     pub limitations: Vec<String>,

@@ -3,11 +3,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use crate::error::{Error, Result};
 use crate::model::ResNet50;
+use crate::quantize;
 
 /// Buffers PyTorch keeps beside each batch norm that the forward pass never reads.
 const BATCHES_TRACKED: &str = "num_batches_tracked";
@@ -42,25 +44,32 @@ fn candle_to_checkpoint_error(err: candle_core::Error) -> Error {
 }
 
 impl Checkpoint {
-    /// Parses a safetensors buffer. Float tensors of any width are converted to f32.
+    /// Parses a safetensors buffer. Float tensors of any width are converted to f32; int8
+    /// convolution kernels (`quantize`) are dequantized with their scales.
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
         if bytes.is_empty() {
             return Err(Error::Checkpoint("the weights file is empty".into()));
         }
-        let raw = candle_core::safetensors::load_buffer(bytes, device)
+        let file = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| Error::Checkpoint(format!("not a readable safetensors file ({e})")))?;
-        let mut tensors = HashMap::with_capacity(raw.len());
-        for (name, tensor) in raw {
-            if name.ends_with(BATCHES_TRACKED) {
+        let mut tensors = HashMap::with_capacity(file.len());
+        for (name, view) in file.iter() {
+            if name.ends_with(BATCHES_TRACKED) || is_scale_of_int8(&file, name) {
                 continue;
             }
+            let tensor = match view.dtype() {
+                safetensors::Dtype::I8 => quantize::load_int8(&file, name, device)?,
+                _ => view.load(device).map_err(|e| {
+                    Error::Checkpoint(format!("tensor `{name}` cannot be read ({e})"))
+                })?,
+            };
             if !tensor.dtype().is_float() {
                 return Err(Error::Checkpoint(format!(
                     "tensor `{name}` has dtype {:?}, expected a float type",
                     tensor.dtype()
                 )));
             }
-            tensors.insert(name, tensor.to_dtype(DType::F32)?);
+            tensors.insert(name.to_string(), tensor.to_dtype(DType::F32)?);
         }
         Ok(Self { tensors })
     }
@@ -173,6 +182,13 @@ pub fn state_dict(
         tensors.insert(name, var.as_tensor().to_dtype(dtype)?);
     }
     Ok(tensors)
+}
+
+/// Whether `name` is the scale of an int8 tensor (read with it, not on its own).
+fn is_scale_of_int8(file: &safetensors::SafeTensors<'_>, name: &str) -> bool {
+    name.strip_suffix(quantize::SCALE_SUFFIX)
+        .and_then(|base| file.tensor(base).ok())
+        .is_some_and(|base| base.dtype() == safetensors::Dtype::I8)
 }
 
 /// Serialises tensors to safetensors bytes.

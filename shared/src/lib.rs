@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod ood;
 pub mod preprocess;
+pub mod quantize;
 pub mod residual;
 #[cfg(test)]
 mod test_util;

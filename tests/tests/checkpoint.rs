@@ -156,6 +156,37 @@ fn save_and_load_round_trip_in_f32_and_f16() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// int8 files (`trainer quantize`) load through the same `Checkpoint::from_bytes`: convolution
+/// kernels within half a quantization step of their channel's largest weight, the rest exact.
+#[test]
+fn int8_weights_load_dequantized() {
+    let (varmap, _) = varmap_model(3);
+    init::initialize(&varmap, 12).unwrap();
+    let original = state_dict(&varmap, DType::F32, 0).unwrap();
+    let bytes = pneumoscope::quantize::to_int8_safetensors(&original).unwrap();
+    assert!(
+        bytes.len() < bytes_of(&original).len() / 3,
+        "about a quarter of f32"
+    );
+    let loaded = Checkpoint::from_bytes(&bytes, &Device::Cpu).unwrap();
+    assert_eq!(
+        loaded.tensors().len(),
+        267,
+        "scales are not tensors of the model"
+    );
+    for (name, tensor) in &original {
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let err = relative_error(&loaded.tensors()[name], tensor);
+        let quantized = pneumoscope::quantize::is_quantized(name, tensor.dims());
+        let tolerance = if quantized { 0.5 / 127.0 + 1e-6 } else { 0.0 };
+        assert!(err <= tolerance, "{name}: {err}");
+        assert!(!quantized || err > 0.0, "{name} should have been quantized");
+    }
+    loaded.into_model(&Device::Cpu).unwrap();
+}
+
 #[test]
 fn unreadable_weights_files_are_clear_errors() {
     let cpu = Device::Cpu;

@@ -246,3 +246,45 @@ fn card_results_are_reproduced() {
         );
     }
 }
+
+/// Largest accuracy change quantizing may make on any recorded evaluation (issue 12: unchanged
+/// within 0.5 percentage points).
+const MAX_QUANTIZATION_CHANGE: f64 = 0.005;
+
+/// Shipped int8 weights: the card names the float model they came from, and on every set both
+/// were evaluated on, the int8 model's accuracy is within MAX_QUANTIZATION_CHANGE of it.
+#[test]
+fn quantized_weights_keep_the_float_models_accuracy() {
+    let (_, card) = shipped();
+    let Some(quantization) = &card.quantization else {
+        assert!(
+            !card.weights.dtype.contains("int8"),
+            "int8 weights without a quantization record"
+        );
+        return;
+    };
+    assert_eq!(card.weights.dtype, pneumoscope::quantize::INT8_DTYPE);
+    let mut compared = 0;
+    for evaluation in &card.evaluations {
+        let Some((_, before)) = quantization
+            .from_accuracy
+            .iter()
+            .find(|(name, _)| *name == evaluation.name)
+        else {
+            continue;
+        };
+        compared += 1;
+        let change = evaluation.report.accuracy - before;
+        assert!(
+            change.abs() <= MAX_QUANTIZATION_CHANGE,
+            "{}: {before:.4} as floats, {:.4} as int8",
+            evaluation.name,
+            evaluation.report.accuracy
+        );
+    }
+    assert_eq!(
+        compared,
+        card.evaluations.len(),
+        "every evaluation of the int8 model should have its float counterpart"
+    );
+}

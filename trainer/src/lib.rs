@@ -29,5 +29,6 @@ pub mod optim;
 pub mod plots;
 pub mod predict;
 pub mod provenance;
+pub mod quantize;
 pub mod sampler;
 pub mod training;

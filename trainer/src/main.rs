@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use trainer::device::{self, DeviceChoice};
-use trainer::{calibrate, evaluate, gate_check, predict, training};
+use trainer::{calibrate, evaluate, gate_check, predict, quantize, training};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +40,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// int8 weights (per-channel scales) from float ones, for a smaller download.
+    Quantize(quantize::QuantizeArgs),
     /// Class probabilities for image files.
     Predict {
         #[command(flatten)]
@@ -63,6 +65,9 @@ fn main() -> Result<()> {
         }
         Command::CheckGate { args, device } => {
             gate_check::run(&args, &device::select(device)?)?;
+        }
+        Command::Quantize(args) => {
+            quantize::run(&args)?;
         }
         Command::Predict { args, device } => {
             if !predict::run(&args, &device::select(device)?)? {

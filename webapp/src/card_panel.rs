@@ -168,6 +168,22 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
         .cloned()
         .map(|evaluation| view! { <EvaluationView evaluation=evaluation /> })
         .collect_view();
+    let quantization = card.quantization.as_ref().map(|q| {
+        let before = q
+            .from_accuracy
+            .iter()
+            .map(|(name, accuracy)| format!("{name} {accuracy:.3}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        format!(
+            "Weights: {} ({:.1} MB), quantized from the {} model (SHA-256 {}): {}. Its accuracy before quantizing: {before}.",
+            card.weights.dtype,
+            card.weights.bytes as f64 / 1e6,
+            q.from_dtype,
+            &q.from_sha256[..q.from_sha256.len().min(12)],
+            q.scheme
+        )
+    });
     let limitations = card
         .limitations
         .iter()
@@ -186,6 +202,7 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             <ul class="gate-rejection">{rejection}</ul>
             <h3>"Evaluation"</h3>
             {evaluations}
+            {quantization.map(|q| view! { <p data-testid="quantization">{q}</p> })}
             <h3>"Known limits"</h3>
             <ul>{limitations}</ul>
             <p class="hash">{format!("Weights SHA-256: {}", card.weights.sha256)}</p>

@@ -109,6 +109,7 @@ fn main() -> Result<(), Error> {
             rejection: Vec::new(),
         }),
         evaluations: Vec::new(),
+        quantization: None,
         intended_use: "Testing the software only.".into(),
         limitations: vec!["Random weights: its answers carry no information.".into()],
     };
