@@ -89,6 +89,27 @@ pub struct Evaluation {
     /// The same per source collection and per age group, where the data says.
     #[serde(default)]
     pub groups: Vec<GroupEvaluation>,
+    /// Each operating point of the card measured on this set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub at_operating_points: Vec<OperatingPointResult>,
+}
+
+/// Sensitivity and specificity (one class against the rest) at a card's operating point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatingPointResult {
+    pub class: String,
+    pub threshold: f32,
+    pub sensitivity: f64,
+    pub specificity: f64,
+}
+
+impl OperatingPointResult {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (positive at >= {:.3}): sensitivity {:.3}, specificity {:.3}",
+            self.class, self.threshold, self.sensitivity, self.specificity
+        )
+    }
 }
 
 /// The results on one part of an evaluation set: the images of one source collection or one age
@@ -120,6 +141,9 @@ pub struct ModelCard {
     pub evaluations: Vec<Evaluation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<QuantizationRecord>,
+    /// Per class, the threshold for a stated sensitivity (`trainer calibrate --sensitivity`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operating_points: Vec<crate::operating_point::OperatingPoint>,
     pub intended_use: String,
     #[serde(default)]
     pub limitations: Vec<String>,

@@ -6,6 +6,7 @@ use image::Rgb32FImage;
 
 use crate::calibration::softmax_with_temperature;
 use crate::ood::{GateFeatures, MahalanobisGate};
+use crate::operating_point::OperatingPoint;
 
 use crate::cam::ClassActivationMaps;
 use crate::card::ModelCard;
@@ -29,6 +30,8 @@ pub struct Prediction {
     pub ood_score: Option<f32>,
     /// Whether the gate accepts the image as the kind the model was trained on.
     pub in_distribution: Option<bool>,
+    /// Per class, the verdict at the card's operating point (`None`: the card has none).
+    pub positive: Vec<Option<bool>>,
 }
 
 pub struct Classifier {
@@ -37,6 +40,8 @@ pub struct Classifier {
     classes: Vec<String>,
     temperature: f32,
     gate: Option<(MahalanobisGate, GateFeatures)>,
+    /// Aligned with `classes`.
+    operating_points: Vec<Option<OperatingPoint>>,
     device: Device,
 }
 
@@ -98,6 +103,7 @@ impl Classifier {
                 Preprocessing::default(),
             ),
         };
+        let operating_points = operating_points_for(&classes, card)?;
         let mut model = checkpoint.into_model(device)?;
         model.fold_batch_norms()?;
         Ok(Self {
@@ -106,6 +112,7 @@ impl Classifier {
             classes,
             temperature,
             gate,
+            operating_points,
             device: device.clone(),
         })
     }
@@ -116,6 +123,11 @@ impl Classifier {
 
     pub fn temperature(&self) -> f32 {
         self.temperature
+    }
+
+    /// Per class (card order), its operating point when the card has one.
+    pub fn operating_points(&self) -> &[Option<OperatingPoint>] {
+        &self.operating_points
     }
 
     pub fn has_gate(&self) -> bool {
@@ -164,7 +176,14 @@ impl Classifier {
                     probabilities,
                     ood_score: None,
                     in_distribution: None,
+                    positive: Vec::new(),
                 };
+                prediction.positive = self
+                    .operating_points
+                    .iter()
+                    .zip(&prediction.probabilities)
+                    .map(|(point, &p)| point.as_ref().map(|point| point.is_positive(p)))
+                    .collect();
                 if let Some((gate, features)) = &self.gate {
                     let score = gate.score(prediction.gate_input(*features));
                     prediction.ood_score = Some(score);
@@ -174,6 +193,24 @@ impl Classifier {
             })
             .collect()
     }
+}
+
+/// The card's operating points aligned with `classes`; one naming no class is an error.
+fn operating_points_for(
+    classes: &[String],
+    card: Option<&ModelCard>,
+) -> Result<Vec<Option<OperatingPoint>>> {
+    let points = card.map(|c| c.operating_points.as_slice()).unwrap_or(&[]);
+    if let Some(stray) = points.iter().find(|p| !classes.contains(&p.class)) {
+        return Err(Error::Card(format!(
+            "an operating point names class `{}`, which the model does not have",
+            stray.class
+        )));
+    }
+    Ok(classes
+        .iter()
+        .map(|class| points.iter().find(|p| &p.class == class).cloned())
+        .collect())
 }
 
 /// Index of the largest value (the first one on ties).

@@ -18,6 +18,7 @@ pub mod max_pool;
 pub mod metrics;
 pub mod model;
 pub mod ood;
+pub mod operating_point;
 pub mod preprocess;
 pub mod quantize;
 pub mod residual;

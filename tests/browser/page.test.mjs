@@ -92,6 +92,21 @@ test("the page classifies radiographs exactly like trainer predict, bad files fa
     item.probabilities.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - wanted[i]))));
   }
   console.log(`largest |browser - native| probability difference: ${worst.toExponential(2)}`);
+  // Each class's verdict at the card's operating point, in words, as trainer predict gives it.
+  const points = new Set((card.operating_points ?? []).map((p) => p.class));
+  let verdicts = 0;
+  for (const [index, path] of IMAGES.entries()) {
+    if (items[index].flagged) continue;
+    const native = expected.find((e) => resolve(e.file) === resolve(path));
+    card.classes.forEach((c, i) => {
+      const wanted = points.has(c)
+        ? native.positive[c] ? "positive at operating point" : "below operating point"
+        : null;
+      assert.equal(items[index].verdicts[i], wanted, `${path}: ${c} at the operating point`);
+      verdicts += wanted === null ? 0 : 1;
+    });
+  }
+  console.log(`operating-point verdicts compared: ${verdicts} (card has ${points.size} points)`);
   // The gate's verdict is the same on both sides, and a flagged image shows the warning instead
   // of a diagnosis.
   const flagged = IMAGES.filter((path, index) => {

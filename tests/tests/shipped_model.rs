@@ -12,7 +12,7 @@ use pneumoscope_tests::{
     colour_pattern, fixture_dir, shared_data_dir, shipped_model as shipped, sorted_files,
 };
 use trainer::data::ImageFolder;
-use trainer::evaluate::evaluate_folder;
+use trainer::evaluate::{at_operating_points, evaluate_folder};
 
 /// Largest share of other hospitals' radiographs (the multi-source test split) the gate may
 /// reject: issue 11's 5% (1.8% measured).
@@ -244,6 +244,20 @@ fn card_results_are_reproduced() {
             "{}",
             recorded.name
         );
+        // Sensitivity and specificity at the card's operating points.
+        let operating = at_operating_points(&classifier, &now);
+        assert_eq!(operating.len(), recorded.at_operating_points.len());
+        for (now, then) in operating.iter().zip(&recorded.at_operating_points) {
+            assert_eq!(now.class, then.class);
+            assert!(
+                (now.sensitivity - then.sensitivity).abs() < 1e-9
+                    && (now.specificity - then.specificity).abs() < 1e-9,
+                "{}: {} now, {} recorded",
+                recorded.name,
+                now.describe(),
+                then.describe()
+            );
+        }
     }
 }
 

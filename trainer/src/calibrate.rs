@@ -1,6 +1,6 @@
-//! `trainer calibrate`: fits temperature scaling on the validation split and the
-//! out-of-distribution gate on the training split of the run that made the weights, then writes
-//! both into the weights file (`ood.*` tensors) and the model card.
+//! `trainer calibrate`: fits temperature scaling and each class's operating point on the
+//! validation split and the out-of-distribution gate on the training split of the run that made
+//! the weights, then writes them into the weights file (`ood.*` tensors) and the model card.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,10 +8,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use pneumoscope::calibration::{fit_temperature, negative_log_likelihood, CalibrationReport};
+use pneumoscope::calibration::{
+    fit_temperature, negative_log_likelihood, softmax_with_temperature, CalibrationReport,
+};
 use pneumoscope::card::{sha256_hex, ModelCard};
 use pneumoscope::checkpoint::{to_safetensors_bytes, write_atomic};
 use pneumoscope::ood::{GateFeatures, GateRecord};
+use pneumoscope::operating_point::OperatingPoint;
 use pneumoscope::Classifier;
 
 use crate::data::normalized_batch;
@@ -44,6 +47,9 @@ pub struct CalibrateArgs {
     /// Share of held-out (validation) images the gate's threshold must accept.
     #[arg(long, default_value_t = 0.95)]
     pub true_accept: f64,
+    /// Sensitivity each class's operating point is chosen for on the validation images.
+    #[arg(long, default_value_t = 0.95)]
+    pub sensitivity: f64,
 }
 
 /// One row per image.
@@ -68,6 +74,29 @@ fn outputs(
     Ok((logits, features))
 }
 
+/// Each class's operating point for `sensitivity` on calibrated validation probabilities.
+fn operating_points(
+    logits: &[Vec<f32>],
+    labels: &[usize],
+    temperature: f32,
+    classes: &[String],
+    sensitivity: f64,
+) -> Vec<OperatingPoint> {
+    let probabilities: Vec<Vec<f32>> = logits
+        .iter()
+        .map(|z| softmax_with_temperature(z, temperature))
+        .collect();
+    classes
+        .iter()
+        .enumerate()
+        .filter_map(|(class, name)| {
+            let scores: Vec<f32> = probabilities.iter().map(|p| p[class]).collect();
+            let positive: Vec<bool> = labels.iter().map(|&y| y == class).collect();
+            OperatingPoint::choose(name, &scores, &positive, sensitivity)
+        })
+        .collect()
+}
+
 pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
     let mut card = ModelCard::from_json(
         &std::fs::read_to_string(&args.card)
@@ -85,6 +114,7 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
     // Raw logits: calibrate against the uncalibrated model.
     card.temperature = None;
     card.ood_gate = None;
+    card.operating_points.clear();
     let classifier = {
         let bytes = std::fs::read(&args.weights)?;
         card.verify_weights(&bytes)?;
@@ -133,6 +163,17 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
         calibration.brier_before,
         calibration.brier_after
     );
+
+    card.operating_points = operating_points(
+        &val_logits,
+        &val_labels,
+        temperature,
+        &images.classes,
+        args.sensitivity,
+    );
+    for point in &card.operating_points {
+        println!("operating point {}", point.describe());
+    }
 
     let source_of = |i: usize| images.samples[i].provenance.source.as_str();
     let val_sources: Vec<&str> = val_idx.iter().map(|&i| source_of(i)).collect();

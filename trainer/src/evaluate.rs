@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Args;
 use pneumoscope::calibration::{reliability_bins, softmax_with_temperature, CalibrationReport};
-use pneumoscope::card::{Evaluation, GroupEvaluation, ModelCard};
+use pneumoscope::card::{Evaluation, GroupEvaluation, ModelCard, OperatingPointResult};
 use pneumoscope::checkpoint::write_atomic;
 use pneumoscope::metrics::{confusion_matrix, ClassificationReport};
 use pneumoscope::Classifier;
@@ -156,6 +156,35 @@ pub fn evaluate_folder(classifier: &Classifier, folder: &ImageFolder) -> FolderE
     }
 }
 
+/// Each of the classifier's operating points measured on an evaluated folder.
+pub fn at_operating_points(
+    classifier: &Classifier,
+    evaluation: &FolderEvaluation,
+) -> Vec<OperatingPointResult> {
+    let probabilities: Vec<Vec<f32>> = evaluation
+        .logits
+        .iter()
+        .map(|z| softmax_with_temperature(z, classifier.temperature()))
+        .collect();
+    classifier
+        .operating_points()
+        .iter()
+        .enumerate()
+        .filter_map(|(class, point)| {
+            let point = point.as_ref()?;
+            let scores: Vec<f32> = probabilities.iter().map(|p| p[class]).collect();
+            let positive: Vec<bool> = evaluation.labels.iter().map(|&y| y == class).collect();
+            let (sensitivity, specificity) = point.measure(&scores, &positive);
+            Some(OperatingPointResult {
+                class: point.class.clone(),
+                threshold: point.threshold,
+                sensitivity,
+                specificity,
+            })
+        })
+        .collect()
+}
+
 pub fn confusion_text(report: &ClassificationReport) -> String {
     let width = report.labels.iter().map(|l| l.len()).max().unwrap_or(8);
     let mut text = format!("{:>width$}  predicted ->\n", "true");
@@ -185,6 +214,11 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
     };
     let evaluation = evaluate_folder(&classifier, &folder);
     let (report, failed) = (&evaluation.report, &evaluation.failed);
+    let operating = at_operating_points(&classifier, &evaluation);
+    let operating_text: String = operating
+        .iter()
+        .map(|r| format!("at the operating point: {}\n", r.describe()))
+        .collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -215,10 +249,15 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
                 rate * 100.0
             );
         }
+        print!("{operating_text}");
     }
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out)?;
-        let mut text = format!("{}\n{}", report.to_text(), confusion_text(report));
+        let mut text = format!(
+            "{}\n{}{operating_text}",
+            report.to_text(),
+            confusion_text(report)
+        );
         for group in &evaluation.groups {
             text += &format!(
                 "\n{} {}\n\n{}\n{}",
@@ -258,6 +297,7 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
             calibration: evaluation.calibration.clone(),
             gate_flagged_rate: evaluation.gate_flagged_rate,
             groups: evaluation.groups.clone(),
+            at_operating_points: operating,
         });
         write_atomic(card_path, card.to_json().as_bytes())?;
     }

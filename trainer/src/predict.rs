@@ -41,6 +41,9 @@ enum ImageResult {
         in_distribution: Option<bool>,
         #[serde(skip_serializing_if = "Option::is_none")]
         ood_score: Option<f32>,
+        /// Per class, whether its probability reaches the card's operating point.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        positive: BTreeMap<String, bool>,
         /// How a DICOM file was read (no patient data).
         #[serde(skip_serializing_if = "Option::is_none")]
         dicom: Option<DicomInfo>,
@@ -104,6 +107,11 @@ fn classify(classifier: &Classifier, path: &Path) -> ImageResult {
                 top_probability: prediction.probabilities[prediction.top],
                 in_distribution: prediction.in_distribution,
                 ood_score: prediction.ood_score,
+                positive: classes
+                    .iter()
+                    .zip(&prediction.positive)
+                    .filter_map(|(class, positive)| Some((class.clone(), (*positive)?)))
+                    .collect(),
                 dicom,
             }
         }
@@ -129,6 +137,7 @@ pub fn run(args: &PredictArgs, device: &Device) -> Result<bool> {
                     probabilities,
                     top,
                     in_distribution,
+                    positive,
                     dicom,
                     ..
                 } => {
@@ -141,9 +150,22 @@ pub fn run(args: &PredictArgs, device: &Device) -> Result<bool> {
                             "  WARNING: this does not look like a chest X-ray of the kind the model was trained on; do not read the probabilities below as a finding"
                         );
                     }
-                    for class in classifier.classes() {
-                        let marker = if class == top { "  <- top" } else { "" };
-                        println!("  {class:<20} {:.4}{marker}", probabilities[class]);
+                    for (class, point) in classifier
+                        .classes()
+                        .iter()
+                        .zip(classifier.operating_points())
+                    {
+                        let marker = if class == top { "  <- top" } else { "      " };
+                        let verdict = match (point, positive.get(class)) {
+                            (Some(point), Some(&called)) => format!(
+                                "  {} at the operating point (>= {:.3}, {:.0}% sensitivity)",
+                                if called { "positive" } else { "negative" },
+                                point.threshold,
+                                point.target_sensitivity * 100.0
+                            ),
+                            _ => String::new(),
+                        };
+                        println!("  {class:<20} {:.4}{marker}{verdict}", probabilities[class]);
                     }
                 }
                 ImageResult::Failed { file, error } => println!("{file}\n  error: {error}"),

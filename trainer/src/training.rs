@@ -568,6 +568,7 @@ fn export(
         ood_gate: None,
         evaluations: Vec::new(),
         quantization: None,
+        operating_points: Vec::new(),
         intended_use: "Research and teaching: shows what a ResNet50 trained on public chest \
                        X-ray collections answers for a radiograph. A research tool, not a \
                        diagnostic device; never use it for a clinical decision."

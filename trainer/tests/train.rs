@@ -264,6 +264,7 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
         gate_features: pneumoscope::ood::GateFeatures::Layer2Stats,
         dims: 8,
         true_accept: 0.95,
+        sensitivity: 0.9,
     };
     let card = trainer::calibrate::run(&calibrate, &Device::Cpu).unwrap();
     let temperature = card.temperature.unwrap();
@@ -271,6 +272,12 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
     let gate = card.ood_gate.as_ref().unwrap();
     assert!(gate.dims >= 1 && gate.dims <= 8);
     assert_eq!(gate.features, pneumoscope::ood::GateFeatures::Layer2Stats);
+    // One operating point per class, each keeping 90% of its validation images.
+    assert_eq!(card.operating_points.len(), card.classes.len());
+    for point in &card.operating_points {
+        assert!(point.sensitivity >= 0.9, "{}", point.describe());
+        assert_eq!(point.target_sensitivity, 0.9);
+    }
     card.verify_weights(&std::fs::read(&weights).unwrap())
         .unwrap();
 
@@ -282,6 +289,13 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
     let prediction = classifier.classify_bytes(&sample).unwrap();
     assert!(prediction.in_distribution.is_some());
     assert!(prediction.ood_score.unwrap() >= 0.0);
+    let verdicts: Vec<Option<bool>> = card
+        .operating_points
+        .iter()
+        .zip(&prediction.probabilities)
+        .map(|(point, &p)| Some(p >= point.threshold))
+        .collect();
+    assert_eq!(prediction.positive, verdicts);
 
     // A card naming other features than the gate's tensors were fitted to is refused.
     let mut mismatched = card.clone();
@@ -415,6 +429,7 @@ fn multi_source_run_with_balanced_sampling_and_shortcut_augmentation() {
         gate_features: pneumoscope::ood::GateFeatures::Layer2Stats,
         dims: 4,
         true_accept: 0.95,
+        sensitivity: 0.9,
     };
     let calibrated = trainer::calibrate::run(&calibrate, &Device::Cpu).unwrap();
     assert!(calibrated.ood_gate.is_some());

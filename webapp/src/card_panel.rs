@@ -71,6 +71,11 @@ fn EvaluationView(evaluation: Evaluation) -> impl IntoView {
     let gate = evaluation
         .gate_flagged_rate
         .map(|r| format!("Flagged as out of distribution: {:.1}%.", r * 100.0));
+    let operating = evaluation
+        .at_operating_points
+        .iter()
+        .map(|r| view! { <li>{r.describe()}</li> })
+        .collect_view();
     let groups = (evaluation.groups.len() > 1).then(|| {
         view! {
             <p>"Per source collection and age group:"</p>
@@ -94,6 +99,7 @@ fn EvaluationView(evaluation: Evaluation) -> impl IntoView {
                 <tbody>{rows}</tbody>
             </table>
             {groups}
+            <ul class="operating-points">{operating}</ul>
             {calibration.map(|text| view! { <p>{text}</p> })}
             {gate.map(|text| view! { <p>{text}</p> })}
         </div>
@@ -184,6 +190,12 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             q.scheme
         )
     });
+    let operating_points = card
+        .operating_points
+        .iter()
+        .map(|p| view! { <li>{p.describe()}</li> })
+        .collect_view();
+    let has_operating_points = !card.operating_points.is_empty();
     let limitations = card
         .limitations
         .iter()
@@ -198,6 +210,8 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             {training}
             {temperature.map(|t| view! { <p>{t}</p> })}
             {gate.map(|g| view! { <p>{g}</p> })}
+            {has_operating_points.then(|| view! { <p>"Operating points (each class against the rest; a result shows whether it is at or above its class's threshold):"</p> })}
+            <ul class="operating-points" data-testid="operating-points">{operating_points}</ul>
             {checked.then(|| view! { <p>"Checked on images unlike its training data, the gate flags:"</p> })}
             <ul class="gate-rejection">{rejection}</ul>
             <h3>"Evaluation"</h3>

@@ -142,6 +142,7 @@ fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String
             .crop_region(image.width(), image.height()),
         in_distribution: prediction.in_distribution,
         ood_score: prediction.ood_score,
+        positive: prediction.positive,
         millis: now_ms() - start,
         preview: match decoded.dicom {
             Some(_) => Some(png_data_url(

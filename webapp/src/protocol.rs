@@ -64,6 +64,10 @@ pub struct ImageResult {
     /// The out-of-distribution gate's verdict, when the model has a gate.
     pub in_distribution: Option<bool>,
     pub ood_score: Option<f32>,
+    /// Per class, whether its probability reaches the card's operating point (`None`: no
+    /// operating point for that class).
+    #[serde(default)]
+    pub positive: Vec<Option<bool>>,
     /// Decoding, preprocessing and the forward pass, in milliseconds.
     pub millis: f64,
     /// How a DICOM file was read (no patient data); `None` for PNG and JPEG.

@@ -17,12 +17,14 @@ fn field(text: &str) -> String {
     }
 }
 
-/// Header: file, status, prediction, one probability column per class, the gate's verdict and
-/// score, milliseconds. A flagged image keeps its probabilities but its prediction is withheld,
+/// Header: file, status, prediction, one probability column per class, one column per class
+/// saying whether it reaches the card's operating point (empty without one), the gate's verdict
+/// and score, milliseconds. A flagged image keeps its probabilities but its prediction is withheld,
 /// as on the page.
 pub fn csv(classes: &[String], rows: &[Row]) -> String {
     let mut header = vec!["file".to_string(), "status".into(), "prediction".into()];
     header.extend(classes.iter().map(|c| format!("p({c})")));
+    header.extend(classes.iter().map(|c| format!("positive({c})")));
     header.extend([
         "in_distribution".into(),
         "ood_score".into(),
@@ -41,6 +43,12 @@ pub fn csv(classes: &[String], rows: &[Row]) -> String {
                 cells.push("ok".into());
                 cells.push(field(&result.verdict(classes)));
                 cells.extend(result.probabilities.iter().map(|p| format!("{p:.6}")));
+                cells.extend((0..classes.len()).map(|class| {
+                    match result.positive.get(class).copied().flatten() {
+                        Some(called) => called.to_string(),
+                        None => String::new(),
+                    }
+                }));
                 cells.push(
                     result
                         .in_distribution
@@ -58,7 +66,7 @@ pub fn csv(classes: &[String], rows: &[Row]) -> String {
             }
             Err(message) => {
                 cells.push("error".into());
-                cells.extend(std::iter::repeat_n(String::new(), classes.len() + 4));
+                cells.extend(std::iter::repeat_n(String::new(), 2 * classes.len() + 4));
                 cells.push(field(message));
             }
         }
@@ -89,6 +97,7 @@ mod tests {
             },
             in_distribution,
             ood_score: Some(12.5),
+            positive: vec![Some(true), Some(false), None],
             millis: 101.25,
             dicom: None,
             preview: None,
@@ -122,19 +131,19 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "file,status,prediction,p(Covid),p(Normal),p(Viral Pneumonia),in_distribution,ood_score,ms,error"
+            "file,status,prediction,p(Covid),p(Normal),p(Viral Pneumonia),positive(Covid),positive(Normal),positive(Viral Pneumonia),in_distribution,ood_score,ms,error"
         );
         assert_eq!(
             lines[1],
-            "a.png,ok,Covid,0.700000,0.200000,0.100000,true,12.500,101.2,"
+            "a.png,ok,Covid,0.700000,0.200000,0.100000,true,false,,true,12.500,101.2,"
         );
         assert_eq!(
             lines[2],
-            "\"b,\"\"c\"\".jpg\",ok,not a chest X-ray of the trained kind,0.700000,0.200000,0.100000,false,12.500,101.2,"
+            "\"b,\"\"c\"\".jpg\",ok,not a chest X-ray of the trained kind,0.700000,0.200000,0.100000,true,false,,false,12.500,101.2,"
         );
         assert_eq!(
             lines[3],
-            "d.txt,error,,,,,,,,\"not a PNG, JPEG or DICOM image\""
+            "d.txt,error,,,,,,,,,,,\"not a PNG, JPEG or DICOM image\""
         );
         assert_eq!(lines.len(), 4);
     }

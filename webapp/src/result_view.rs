@@ -66,6 +66,7 @@ fn Probabilities(
     probabilities: Vec<f32>,
     top: usize,
     classes: Vec<String>,
+    positive: Vec<Option<bool>>,
     heatmap_class: RwSignal<Option<usize>>,
 ) -> impl IntoView {
     let selected = move || heatmap_class.get().unwrap_or(top);
@@ -75,6 +76,14 @@ fn Probabilities(
         .enumerate()
         .map(|(class, (p, name))| {
             let label = name.clone();
+            // In words, not only colour: the card panel gives each threshold.
+            let verdict = positive.get(class).copied().flatten().map(|called| {
+                view! {
+                    <span class="operating" class:positive=called data-testid="operating-verdict">
+                        {if called { "positive at operating point" } else { "below operating point" }}
+                    </span>
+                }
+            });
             view! {
                 <button
                     class="bar"
@@ -91,6 +100,7 @@ fn Probabilities(
                         <span class="fill" style:width=format!("{}%", p * 100.0)></span>
                     </span>
                     <span class="value">{percent(p)}</span>
+                    {verdict}
                 </button>
             }
         })
@@ -105,6 +115,7 @@ fn Outcome(result: Arc<ImageResult>, classes: Vec<String>, item: Item) -> impl I
     let millis = format!("{:.0} ms", result.millis);
     let details = {
         let (probabilities, top) = (result.probabilities.clone(), result.top);
+        let positive = result.positive.clone();
         move || {
             view! {
                 <div class="probabilities">
@@ -112,6 +123,7 @@ fn Outcome(result: Arc<ImageResult>, classes: Vec<String>, item: Item) -> impl I
                         probabilities=probabilities.clone()
                         top=top
                         classes=classes.clone()
+                        positive=positive.clone()
                         heatmap_class=heatmap_class
                     />
                 </div>

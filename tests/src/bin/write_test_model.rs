@@ -110,6 +110,7 @@ fn main() -> Result<(), Error> {
         }),
         evaluations: Vec::new(),
         quantization: None,
+        operating_points: Vec::new(),
         intended_use: "Testing the software only.".into(),
         limitations: vec!["Random weights: its answers carry no information.".into()],
     };
