@@ -2,288 +2,43 @@
 //! batch 32, 20 epochs, 85:15 stratified split, best-validation checkpoint), resumable, with
 //! everything a run needs to be reproduced recorded in the model card.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+mod args;
+mod export;
+mod state;
+
+use std::collections::HashSet;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use pneumoscope::card::{
-    sha256_hex, DatasetRecord, ModelCard, TrainingRecord, WeightsInfo, ARCHITECTURE,
-};
-use pneumoscope::checkpoint::{named_vars, state_dict, to_safetensors_bytes, write_atomic};
+use pneumoscope::card::{sha256_hex, ModelCard};
+use pneumoscope::checkpoint::named_vars;
 use pneumoscope::{init, Checkpoint, Preprocessing, ResNet50};
 use rand::{rngs::StdRng, SeedableRng};
-use serde::{Deserialize, Serialize};
 
 use crate::augment::Augmentation;
 use crate::data::{
     class_counts, load, normalized_batch, source_counts, stratified_split, CachedImages,
     ImageFolder,
 };
-use crate::device::{select, DeviceChoice};
+use crate::device::select;
 use crate::optim::{step_lr, warm_up, Sgd, SgdConfig};
-use crate::plots;
 use crate::sampler::{epoch_order, Balance, BalancedSampler};
+
+pub use args::{FreezeUpTo, TrainArgs};
+use export::{draw_curves, export, write_metrics_csv};
+pub use state::EpochMetrics;
+use state::{load_checkpoint, save_checkpoint, TrainState};
 
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const BEST_FILE: &str = "best.safetensors";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CARD_FILE: &str = "model.json";
 pub const METRICS_FILE: &str = "metrics.csv";
-const MOMENTUM_PREFIX: &str = "optimizer.momentum.";
-const STATE_KEY: &str = "pneumoscope.train_state";
-
-/// The last part of the network that `--freeze` keeps fixed (everything before it too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
-pub enum FreezeUpTo {
-    Stem,
-    Layer1,
-    Layer2,
-    Layer3,
-    Layer4,
-}
-
-impl FreezeUpTo {
-    /// Whether the parameter `name` lies in the frozen part.
-    fn freezes(self, name: &str) -> bool {
-        let part = match name.split('.').next().unwrap_or("") {
-            "conv1" | "bn1" => FreezeUpTo::Stem,
-            "layer1" => FreezeUpTo::Layer1,
-            "layer2" => FreezeUpTo::Layer2,
-            "layer3" => FreezeUpTo::Layer3,
-            "layer4" => FreezeUpTo::Layer4,
-            _ => return false,
-        };
-        part <= self
-    }
-}
-
-#[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
-pub struct TrainArgs {
-    /// ImageFolder root: one sub-folder per class. Repeat to train on several folders with the
-    /// same classes as one set.
-    #[arg(long, required = true)]
-    #[serde(deserialize_with = "one_or_many")]
-    pub data: Vec<PathBuf>,
-    /// Use only these class folders (comma-separated), e.g. the paper's three classes of a
-    /// five-class corpus.
-    #[arg(long, value_delimiter = ',')]
-    #[serde(default)]
-    pub classes: Option<Vec<String>>,
-    /// Validation ImageFolder(s) (repeatable) for the best-checkpoint choice, instead of holding
-    /// out --val-fraction of --data: a corpus split by patient belongs here.
-    #[arg(long)]
-    #[serde(default)]
-    pub val_data: Vec<PathBuf>,
-    /// How an epoch draws its images: `none` (each once, shuffled), `class-source` (classes
-    /// equal, sources within a class by count^--source-power, with replacement) or
-    /// `class-source-group` (every (class, source) group by count^--source-power).
-    #[arg(long, value_enum, default_value = "none")]
-    #[serde(default = "no_balance")]
-    pub balance: Balance,
-    /// Exponent of a group's size in its share (of its class with class-source, of all with
-    /// class-source-group; 0: all alike).
-    #[arg(long, default_value_t = 0.5)]
-    #[serde(default)]
-    pub source_power: f64,
-    /// Images drawn per epoch with --balance (0: as many as the training set has).
-    #[arg(long, default_value_t = 0)]
-    #[serde(default)]
-    pub samples_per_epoch: usize,
-    /// Output folder for checkpoints, the exported model, its card, metrics and plots.
-    #[arg(long)]
-    pub out: PathBuf,
-    #[arg(long, default_value_t = 20)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 0.1)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    #[arg(long)]
-    pub nesterov: bool,
-    /// StepLR step size, in epochs.
-    #[arg(long, default_value_t = 10)]
-    pub lr_step: usize,
-    /// StepLR decay factor.
-    #[arg(long, default_value_t = 0.1)]
-    pub lr_gamma: f64,
-    /// Linear learning-rate warm-up over this many first epochs (0: none, the paper's recipe).
-    #[arg(long, default_value_t = 0)]
-    #[serde(default)]
-    pub warmup_epochs: usize,
-    /// Fraction of each class held out for validation.
-    #[arg(long, default_value_t = 0.15)]
-    pub val_fraction: f64,
-    /// Seed of the split, the initialisation, the shuffling and the augmentation.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Start from this ResNet50 checkpoint (torchvision or timm names; e.g. ImageNet weights, or
-    /// an earlier model of ours). A head with another class count is replaced by a fresh one.
-    #[arg(long)]
-    pub init: Option<PathBuf>,
-    /// Start every bottleneck's last batch norm at zero scale (torchvision's
-    /// `zero_init_residual`), so each block begins as the identity: what makes training from
-    /// scratch converge. No effect on weights that --init loads.
-    #[arg(long)]
-    #[serde(default)]
-    pub zero_init_residual: bool,
-    /// Keep this part and everything before it fixed (the paper froze up to layer2).
-    #[arg(long)]
-    pub freeze: Option<FreezeUpTo>,
-    /// Random rotation range in degrees (0 disables).
-    #[arg(long, default_value_t = 10.0)]
-    pub rotation: f32,
-    /// Random translation range as a fraction of the image side (0 disables).
-    #[arg(long, default_value_t = 0.1)]
-    pub translate: f32,
-    /// Random scaling range: scale drawn from [1 - s, 1 + s] (0 disables).
-    #[arg(long, default_value_t = 0.1)]
-    pub scale: f32,
-    /// Random resized crop from the --resize square: least share of its area kept (1 disables;
-    /// the centre crop is used).
-    #[arg(long, default_value_t = 1.0)]
-    #[serde(default = "crate::augment::one")]
-    pub crop_area_min: f32,
-    /// Random resized crop: aspect ratio drawn from [1/a, a] (1 disables).
-    #[arg(long, default_value_t = 1.0)]
-    #[serde(default = "crate::augment::one")]
-    pub aspect_max: f32,
-    /// Random brightness shift in [-b, b] (0 disables).
-    #[arg(long, default_value_t = 0.0)]
-    #[serde(default)]
-    pub brightness: f32,
-    /// Random contrast factor in [1 - c, 1 + c] (0 disables).
-    #[arg(long, default_value_t = 0.0)]
-    #[serde(default)]
-    pub contrast: f32,
-    /// Random gamma in [1/(1 + g), 1 + g] (0 disables).
-    #[arg(long, default_value_t = 0.0)]
-    #[serde(default)]
-    pub gamma: f32,
-    /// Share of training images re-encoded as JPEG at a random quality (0 disables).
-    #[arg(long, default_value_t = 0.0)]
-    #[serde(default)]
-    pub jpeg_probability: f32,
-    /// Lowest quality of that re-encoding (up to 95).
-    #[arg(long, default_value_t = 40)]
-    #[serde(default = "crate::augment::default_jpeg_quality")]
-    pub jpeg_quality_min: u8,
-    /// Shorter side after resizing.
-    #[arg(long, default_value_t = 256)]
-    pub resize: u32,
-    /// Side of the centre crop fed to the network.
-    #[arg(long, default_value_t = 224)]
-    pub crop: u32,
-    /// Split each batch into chunks of this many images and accumulate their gradients, to fit
-    /// memory. Batch-norm statistics are then taken per chunk ("ghost" batch norm), so the default
-    /// (0: the whole batch) is the paper's recipe.
-    #[arg(long, default_value_t = 0)]
-    pub micro_batch: usize,
-    /// Export the model in f16 (half the download).
-    #[arg(long)]
-    pub f16: bool,
-    /// Continue the run in --out from its last completed epoch.
-    #[arg(long)]
-    pub resume: bool,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceChoice,
-}
-
-fn no_balance() -> Balance {
-    Balance::None
-}
-
-/// Cards and checkpoints written before `--data` could repeat hold one path.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(PathBuf),
-        Many(Vec<PathBuf>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(path) => vec![path],
-        OneOrMany::Many(paths) => paths,
-    })
-}
-
-impl TrainArgs {
-    pub fn augmentation(&self) -> Augmentation {
-        Augmentation {
-            rotation_degrees: self.rotation,
-            translate_fraction: self.translate,
-            scale_delta: self.scale,
-            crop_area_min: self.crop_area_min,
-            aspect_max: self.aspect_max,
-            brightness: self.brightness,
-            contrast: self.contrast,
-            gamma: self.gamma,
-            jpeg_probability: self.jpeg_probability,
-            jpeg_quality_min: self.jpeg_quality_min,
-        }
-    }
-
-    /// Side of the cached images: the whole --resize square when a random crop is taken from
-    /// it, else just the centre crop.
-    fn cache_side(&self) -> u32 {
-        if self.augmentation().random_crop() {
-            self.resize
-        } else {
-            self.crop
-        }
-    }
-
-    fn preprocessing(&self) -> Preprocessing {
-        Preprocessing {
-            resize_shorter: self.resize,
-            crop: self.crop,
-            ..Preprocessing::default()
-        }
-    }
-
-    /// The settings a resumed run must share with the original (all but the epoch count, the
-    /// resume flag and the device).
-    fn recipe_key(&self) -> TrainArgs {
-        TrainArgs {
-            epochs: 0,
-            resume: false,
-            device: DeviceChoice::Auto,
-            ..self.clone()
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub validation_loss: f64,
-    pub validation_accuracy: f64,
-    pub images_per_second: f64,
-    pub seconds: f64,
-}
-
-/// What a checkpoint remembers besides tensors.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct TrainState {
-    args: TrainArgs,
-    epochs_completed: usize,
-    optimizer_steps: i64,
-    best_epoch: usize,
-    best_validation_accuracy: f64,
-    history: Vec<EpochMetrics>,
-}
 
 /// One pass over `indices` in batches: training (augmented, batch statistics, optimizer steps)
 /// when `optimizer` is given, evaluation otherwise. Returns (mean loss, accuracy, images/s).
@@ -456,178 +211,6 @@ fn trainable(vars: Vec<(String, Var)>, freeze: Option<FreezeUpTo>) -> Vec<(Strin
         .collect()
 }
 
-fn save_checkpoint(out: &Path, varmap: &VarMap, sgd: &Sgd, state: &TrainState) -> Result<()> {
-    let mut tensors = state_dict(varmap, DType::F32, state.optimizer_steps)?;
-    for (name, momentum) in sgd.state() {
-        tensors.insert(format!("{MOMENTUM_PREFIX}{name}"), momentum);
-    }
-    let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
-    let views: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    let bytes = safetensors::tensor::serialize(views, Some(metadata))?;
-    write_atomic(&out.join(CHECKPOINT_FILE), &bytes)?;
-    Ok(())
-}
-
-fn load_checkpoint(
-    out: &Path,
-    varmap: &VarMap,
-    sgd: &mut Sgd,
-    device: &Device,
-) -> Result<TrainState> {
-    let path = out.join(CHECKPOINT_FILE);
-    let bytes = std::fs::read(&path)
-        .with_context(|| format!("--resume: cannot read {}", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .with_context(|| format!("--resume: {} is not a checkpoint", path.display()))?;
-    let state_json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(STATE_KEY))
-        .with_context(|| format!("--resume: {} holds no training state", path.display()))?;
-    let state: TrainState = serde_json::from_str(state_json)?;
-    let checkpoint = Checkpoint::from_bytes(&bytes, device)?;
-    checkpoint.load_into(varmap, false)?;
-    sgd.load_state(|name| {
-        checkpoint
-            .tensors()
-            .get(&format!("{MOMENTUM_PREFIX}{name}"))
-            .cloned()
-    });
-    Ok(state)
-}
-
-fn draw_curves(out: &Path, history: &[EpochMetrics]) {
-    if let Err(e) = plots::curves(&out.join("curves.png"), history) {
-        eprintln!("warning: could not draw curves.png: {e:#}");
-    }
-}
-
-fn write_metrics_csv(out: &Path, history: &[EpochMetrics]) -> Result<()> {
-    let mut csv = String::from(
-        "epoch,lr,train_loss,train_accuracy,validation_loss,validation_accuracy,images_per_second,seconds\n",
-    );
-    for m in history {
-        csv += &format!(
-            "{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1}\n",
-            m.epoch,
-            m.lr,
-            m.train_loss,
-            m.train_accuracy,
-            m.validation_loss,
-            m.validation_accuracy,
-            m.images_per_second,
-            m.seconds
-        );
-    }
-    write_atomic(&out.join(METRICS_FILE), csv.as_bytes())?;
-    Ok(())
-}
-
-/// Writes `model.safetensors` (from the best checkpoint, in f32 or f16) and its card.
-fn export(
-    args: &TrainArgs,
-    images: &CachedImages,
-    state: &TrainState,
-    initialization: String,
-    device: &Device,
-) -> Result<ModelCard> {
-    let best = candle_core::safetensors::load(args.out.join(BEST_FILE), device)?;
-    let dtype = if args.f16 { DType::F16 } else { DType::F32 };
-    let mut tensors = HashMap::new();
-    for (name, tensor) in best {
-        let tensor = if tensor.dtype().is_float() {
-            tensor.to_dtype(dtype)?
-        } else {
-            tensor
-        };
-        tensors.insert(name, tensor);
-    }
-    let bytes = to_safetensors_bytes(&tensors)?;
-    write_atomic(&args.out.join(MODEL_FILE), &bytes)?;
-    let card = ModelCard {
-        name: "Pneumoscope chest X-ray classifier".into(),
-        architecture: ARCHITECTURE.into(),
-        classes: images.classes.clone(),
-        preprocessing: args.preprocessing(),
-        weights: WeightsInfo {
-            file: MODEL_FILE.into(),
-            sha256: sha256_hex(&bytes),
-            bytes: bytes.len() as u64,
-            dtype: if args.f16 { "f16" } else { "f32" }.into(),
-        },
-        training: Some(TrainingRecord {
-            trainer_version: env!("CARGO_PKG_VERSION").into(),
-            config: serde_json::to_value(args)?,
-            initialization,
-            data: images.record.clone(),
-            epochs_completed: state.epochs_completed,
-            best_epoch: state.best_epoch,
-            best_validation_accuracy: state.best_validation_accuracy,
-        }),
-        temperature: None,
-        ood_gate: None,
-        evaluations: Vec::new(),
-        quantization: None,
-        operating_points: Vec::new(),
-        intended_use: "Research and teaching: shows what a ResNet50 trained on public chest \
-                       X-ray collections answers for a radiograph. A research tool, not a \
-                       diagnostic device; never use it for a clinical decision."
-            .into(),
-        limitations: limitations(&images.record, args),
-    };
-    write_atomic(&args.out.join(CARD_FILE), card.to_json().as_bytes())?;
-    Ok(card)
-}
-
-/// What a user must know about a model trained on `data`: a small single-collection set and a
-/// multi-source corpus fail in different ways.
-fn limitations(data: &DatasetRecord, args: &TrainArgs) -> Vec<String> {
-    let mut limits: Vec<String> = if data.train_per_source.len() > 1 {
-        vec![
-            "Trained on public collections only (sources listed above). Class and source are \
-             entangled there: every Covid image is an adult's, from the COVID-19 Radiography \
-             Database or publication figures; every Viral Pneumonia image a child's, from one \
-             Guangzhou collection (Kermany); only Normal has both. The model may still use age \
-             or collection cues; the per-source results show where it holds."
-                .into(),
-            "Covid labels come from 2020 public collections; radiographs from other hospitals, \
-             devices or later variants may look different. Accuracy elsewhere is unknown until \
-             measured."
-                .into(),
-            "11 'Covid' images of the Kaggle copy are SARS (2003) figures, not COVID-19; the \
-             Kaggle copy squashed every image to 640x640."
-                .into(),
-        ]
-    } else {
-        vec![
-            "Trained on a few hundred images of one public Kaggle set (Covid-19 Image Dataset): \
-             far too few to generalise; accuracy elsewhere is unknown until measured."
-                .into(),
-            "Covid images are adult radiographs from publications; Normal and Viral Pneumonia \
-             look pediatric (Kermany-style), so the classes differ by source and patient age as \
-             well as disease, and the model may have learned the source."
-                .into(),
-            "11 'Covid' training images are SARS (2003) figures, not COVID-19.".into(),
-            "9 images of the public test split are duplicates of training images; the honest \
-             test number excludes them."
-                .into(),
-            "Images were resized to 640x640 by the uploader (aspect ratio squashed).".into(),
-        ]
-    };
-    limits.push(format!(
-        "Input {0}x{0} pixels: fine detail is lost, and the heat map is coarse.",
-        args.crop
-    ));
-    let classes: Vec<&str> = data.per_class.iter().map(|(c, _)| c.as_str()).collect();
-    limits.push(format!(
-        "{} classes only ({}): any other finding (bacterial pneumonia, tuberculosis...) or \
-         any non-chest-X-ray input that passes the gate still gets one of them.",
-        classes.len(),
-        classes.join(", ")
-    ));
-    limits
-}
-
 /// A run's cached images and which of them train and which validate.
 pub struct PreparedData {
     pub images: CachedImages,
@@ -791,6 +374,47 @@ fn sampler_for(
     })
 }
 
+/// The training images epoch `epoch` visits, in order (seeded by --seed and the epoch).
+fn epoch_images(
+    args: &TrainArgs,
+    sampler: Option<&BalancedSampler>,
+    train_idx: &[usize],
+    samples_per_epoch: usize,
+    epoch: usize,
+) -> Vec<usize> {
+    let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(epoch as u64 + 1));
+    epoch_order(train_idx.len(), sampler, samples_per_epoch, &mut rng)
+        .into_iter()
+        .map(|position| train_idx[position])
+        .collect()
+}
+
+/// Keeps the best weights so far, then the resumable checkpoint, metrics and curves.
+fn record_epoch(
+    args: &TrainArgs,
+    varmap: &VarMap,
+    sgd: &Sgd,
+    state: &mut TrainState,
+    metrics: EpochMetrics,
+) -> Result<()> {
+    if metrics.validation_accuracy > state.best_validation_accuracy {
+        state.best_validation_accuracy = metrics.validation_accuracy;
+        state.best_epoch = metrics.epoch;
+        pneumoscope::checkpoint::save(
+            varmap,
+            &args.out.join(BEST_FILE),
+            DType::F32,
+            state.optimizer_steps,
+        )?;
+    }
+    state.epochs_completed = metrics.epoch;
+    state.history.push(metrics);
+    save_checkpoint(&args.out, varmap, sgd, state)?;
+    write_metrics_csv(&args.out, &state.history)?;
+    draw_curves(&args.out, &state.history);
+    Ok(())
+}
+
 pub fn run(args: &TrainArgs) -> Result<ModelCard> {
     if args.epochs == 0 || args.batch_size == 0 {
         bail!("--epochs and --batch-size must be at least 1");
@@ -833,11 +457,7 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         preprocessing: &preprocessing,
         device: &device,
         batch_size: args.batch_size,
-        micro_batch: if args.micro_batch == 0 {
-            args.batch_size
-        } else {
-            args.micro_batch
-        },
+        micro_batch: args.micro_batch_size(),
         cache_side: args.cache_side() as usize,
     };
     let augmentation = args.augmentation();
@@ -853,15 +473,7 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
             args.warmup_epochs,
             epoch,
         );
-        let order: Vec<usize> = epoch_order(
-            train_idx.len(),
-            sampler.as_ref(),
-            samples_per_epoch,
-            &mut StdRng::seed_from_u64(args.seed.wrapping_add(epoch as u64 + 1)),
-        )
-        .into_iter()
-        .map(|position| train_idx[position])
-        .collect();
+        let order = epoch_images(args, sampler.as_ref(), &train_idx, samples_per_epoch, epoch);
         let bar = progress_bar(order.len(), format!("epoch {}/{}", epoch + 1, args.epochs));
         let (train_loss, train_accuracy, rate) = pass.run(
             &order,
@@ -887,21 +499,7 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
             "epoch {:>3}  lr {lr:.4}  train loss {train_loss:.4} acc {train_accuracy:.4}  val loss {validation_loss:.4} acc {validation_accuracy:.4}  {rate:.2} img/s",
             epoch + 1
         );
-        if validation_accuracy > state.best_validation_accuracy {
-            state.best_validation_accuracy = validation_accuracy;
-            state.best_epoch = epoch + 1;
-            pneumoscope::checkpoint::save(
-                &varmap,
-                &args.out.join(BEST_FILE),
-                DType::F32,
-                state.optimizer_steps,
-            )?;
-        }
-        state.history.push(metrics);
-        state.epochs_completed = epoch + 1;
-        save_checkpoint(&args.out, &varmap, &sgd, &state)?;
-        write_metrics_csv(&args.out, &state.history)?;
-        draw_curves(&args.out, &state.history);
+        record_epoch(args, &varmap, &sgd, &mut state, metrics)?;
     }
     // Also after a resume that had no epoch left to run: the export path redraws the figure.
     draw_curves(&args.out, &state.history);

@@ -1,0 +1,245 @@
+//! `trainer train`'s options: the recipe, the data, augmentation and sampling, as recorded in
+//! the card and checkpoints.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use pneumoscope::Preprocessing;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::Augmentation;
+use crate::device::DeviceChoice;
+use crate::sampler::Balance;
+
+/// The last part of the network that `--freeze` keeps fixed (everything before it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
+pub enum FreezeUpTo {
+    Stem,
+    Layer1,
+    Layer2,
+    Layer3,
+    Layer4,
+}
+
+impl FreezeUpTo {
+    /// Whether the parameter `name` lies in the frozen part.
+    pub(super) fn freezes(self, name: &str) -> bool {
+        let part = match name.split('.').next().unwrap_or("") {
+            "conv1" | "bn1" => FreezeUpTo::Stem,
+            "layer1" => FreezeUpTo::Layer1,
+            "layer2" => FreezeUpTo::Layer2,
+            "layer3" => FreezeUpTo::Layer3,
+            "layer4" => FreezeUpTo::Layer4,
+            _ => return false,
+        };
+        part <= self
+    }
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
+pub struct TrainArgs {
+    /// ImageFolder root: one sub-folder per class. Repeat to train on several folders with the
+    /// same classes as one set.
+    #[arg(long, required = true)]
+    #[serde(deserialize_with = "one_or_many")]
+    pub data: Vec<PathBuf>,
+    /// Use only these class folders (comma-separated), e.g. the paper's three classes of a
+    /// five-class corpus.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+    /// Validation ImageFolder(s) (repeatable) for the best-checkpoint choice, instead of holding
+    /// out --val-fraction of --data: a corpus split by patient belongs here.
+    #[arg(long)]
+    #[serde(default)]
+    pub val_data: Vec<PathBuf>,
+    /// How an epoch draws its images: `none` (each once, shuffled), `class-source` (classes
+    /// equal, sources within a class by count^--source-power, with replacement) or
+    /// `class-source-group` (every (class, source) group by count^--source-power).
+    #[arg(long, value_enum, default_value = "none")]
+    #[serde(default = "no_balance")]
+    pub balance: Balance,
+    /// Exponent of a group's size in its share (of its class with class-source, of all with
+    /// class-source-group; 0: all alike).
+    #[arg(long, default_value_t = 0.5)]
+    #[serde(default)]
+    pub source_power: f64,
+    /// Images drawn per epoch with --balance (0: as many as the training set has).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub samples_per_epoch: usize,
+    /// Output folder for checkpoints, the exported model, its card, metrics and plots.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long)]
+    pub nesterov: bool,
+    /// StepLR step size, in epochs.
+    #[arg(long, default_value_t = 10)]
+    pub lr_step: usize,
+    /// StepLR decay factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f64,
+    /// Linear learning-rate warm-up over this many first epochs (0: none, the paper's recipe).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// Fraction of each class held out for validation.
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    /// Seed of the split, the initialisation, the shuffling and the augmentation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Start from this ResNet50 checkpoint (torchvision or timm names; e.g. ImageNet weights, or
+    /// an earlier model of ours). A head with another class count is replaced by a fresh one.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Start every bottleneck's last batch norm at zero scale (torchvision's
+    /// `zero_init_residual`), so each block begins as the identity: what makes training from
+    /// scratch converge. No effect on weights that --init loads.
+    #[arg(long)]
+    #[serde(default)]
+    pub zero_init_residual: bool,
+    /// Keep this part and everything before it fixed (the paper froze up to layer2).
+    #[arg(long)]
+    pub freeze: Option<FreezeUpTo>,
+    /// Random rotation range in degrees (0 disables).
+    #[arg(long, default_value_t = 10.0)]
+    pub rotation: f32,
+    /// Random translation range as a fraction of the image side (0 disables).
+    #[arg(long, default_value_t = 0.1)]
+    pub translate: f32,
+    /// Random scaling range: scale drawn from [1 - s, 1 + s] (0 disables).
+    #[arg(long, default_value_t = 0.1)]
+    pub scale: f32,
+    /// Random resized crop from the --resize square: least share of its area kept (1 disables;
+    /// the centre crop is used).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "crate::augment::one")]
+    pub crop_area_min: f32,
+    /// Random resized crop: aspect ratio drawn from [1/a, a] (1 disables).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "crate::augment::one")]
+    pub aspect_max: f32,
+    /// Random brightness shift in [-b, b] (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub brightness: f32,
+    /// Random contrast factor in [1 - c, 1 + c] (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub contrast: f32,
+    /// Random gamma in [1/(1 + g), 1 + g] (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub gamma: f32,
+    /// Share of training images re-encoded as JPEG at a random quality (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub jpeg_probability: f32,
+    /// Lowest quality of that re-encoding (up to 95).
+    #[arg(long, default_value_t = 40)]
+    #[serde(default = "crate::augment::default_jpeg_quality")]
+    pub jpeg_quality_min: u8,
+    /// Shorter side after resizing.
+    #[arg(long, default_value_t = 256)]
+    pub resize: u32,
+    /// Side of the centre crop fed to the network.
+    #[arg(long, default_value_t = 224)]
+    pub crop: u32,
+    /// Split each batch into chunks of this many images and accumulate their gradients, to fit
+    /// memory. Batch-norm statistics are then taken per chunk ("ghost" batch norm), so the default
+    /// (0: the whole batch) is the paper's recipe.
+    #[arg(long, default_value_t = 0)]
+    pub micro_batch: usize,
+    /// Export the model in f16 (half the download).
+    #[arg(long)]
+    pub f16: bool,
+    /// Continue the run in --out from its last completed epoch.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+fn no_balance() -> Balance {
+    Balance::None
+}
+
+/// Cards and checkpoints written before `--data` could repeat hold one path.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(path) => vec![path],
+        OneOrMany::Many(paths) => paths,
+    })
+}
+
+impl TrainArgs {
+    pub fn augmentation(&self) -> Augmentation {
+        Augmentation {
+            rotation_degrees: self.rotation,
+            translate_fraction: self.translate,
+            scale_delta: self.scale,
+            crop_area_min: self.crop_area_min,
+            aspect_max: self.aspect_max,
+            brightness: self.brightness,
+            contrast: self.contrast,
+            gamma: self.gamma,
+            jpeg_probability: self.jpeg_probability,
+            jpeg_quality_min: self.jpeg_quality_min,
+        }
+    }
+
+    /// Images per forward pass (--micro-batch, 0: the whole batch).
+    pub(super) fn micro_batch_size(&self) -> usize {
+        match self.micro_batch {
+            0 => self.batch_size,
+            n => n,
+        }
+    }
+
+    /// Side of the cached images: the whole --resize square when a random crop is taken from
+    /// it, else just the centre crop.
+    pub(super) fn cache_side(&self) -> u32 {
+        if self.augmentation().random_crop() {
+            self.resize
+        } else {
+            self.crop
+        }
+    }
+
+    pub(super) fn preprocessing(&self) -> Preprocessing {
+        Preprocessing {
+            resize_shorter: self.resize,
+            crop: self.crop,
+            ..Preprocessing::default()
+        }
+    }
+
+    /// The settings a resumed run must share with the original (all but the epoch count, the
+    /// resume flag and the device).
+    pub(super) fn recipe_key(&self) -> TrainArgs {
+        TrainArgs {
+            epochs: 0,
+            resume: false,
+            device: DeviceChoice::Auto,
+            ..self.clone()
+        }
+    }
+}
