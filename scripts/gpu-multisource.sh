@@ -16,9 +16,9 @@
 #
 #   bash scripts/gpu-multisource.sh DATA_DIR TRAINER_ZST [RESULTS_DIR]
 #
-# It trains, calibrates and evaluates (Kaggle 66 and 57, multi-source test per source, gate on
-# CT slices) and writes the logs, reports and the model to RESULTS_DIR (default $OUT, else
-# gpu-results).
+# It trains, then scripts/finish-run.sh calibrates, quantizes and evaluates (Kaggle 66 and 57,
+# multi-source test per source, gate on CT slices) and writes the logs, reports and the model to
+# RESULTS_DIR (default $OUT, else gpu-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:?usage: gpu-multisource.sh DATA_DIR TRAINER_ZST [RESULTS_DIR]}
@@ -37,24 +37,8 @@ kaggle=$data/covid19-kaggle
 $t train --device cuda --data "$cxr/train" --data "$kaggle/train" \
   --classes "Covid,Normal,Viral Pneumonia" --val-data "$cxr/val" --out $run --f16 --seed 42 \
   --resize 256 --crop 224 --lr 0.02 --weight-decay 5e-4 --zero-init-residual --warmup-epochs 1 \
-  --epochs 12 --lr-step 9 --balance class-source --source-power 0.5 --samples-per-epoch 4800 \
+  --epochs 12 --lr-step 9 --balance class-source-group --source-power 0.25 --samples-per-epoch 4800 \
   --crop-area-min 0.5 --aspect-max 1.33 --brightness 0.1 --contrast 0.2 --gamma 0.3 \
   --jpeg-probability 0.5 --jpeg-quality-min 40 --rotation 7 --translate 0 --scale 0 \
   2>&1 | tr '\r' '\n' | grep -v '^ *epoch.*\[' | tee "$results/train.log"
-$t calibrate --device cuda --weights $run/model.safetensors --card $run/model.json \
-  --data "$cxr/train" --data "$kaggle/train" | tee "$results/calibrate.log"
-evaluate() { # NAME DATA OUT [extra flags]
-  local name=$1 set=$2 out=$3; shift 3
-  $t evaluate --device cuda --weights $run/model.safetensors --card $run/model.json \
-    --data "$set" --out "$run/$out" --record "$name" "$@" | tee "$results/$out.txt"
-}
-evaluate "covid19-kaggle test (66 images, comparable with the paper)" "$kaggle/test" test-66
-evaluate "covid19-kaggle test without the 9 leaked images (57, honest)" "$kaggle/test" test-57 \
-  --exclude "$kaggle/test-leaks.txt"
-evaluate "cxr-multisource test, three paper classes (848)" "$cxr/test" test-multisource
-mkdir -p /tmp/ood/ct && cp "$data"/not-chest-xray/ct-slices/* /tmp/ood/ct/
-echo '{"ct": "chest CT slices (axial), not radiographs"}' > /tmp/ood/kinds.json
-$t check-gate --device cuda --weights $run/model.safetensors --card $run/model.json \
-  --data /tmp/ood --record | tee "$results/gate-check.txt"
-cp $run/model.json $run/metrics.csv "$results/"
-cp $run/model.safetensors "$results/" || true
+TRAINER=$t DEVICE=cuda bash scripts/finish-run.sh $run "$results/model" "$data"
