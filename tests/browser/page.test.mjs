@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { tmpdir } from "node:os";
+import AxeBuilder from "@axe-core/playwright";
 import { serve, launch, modelState, finishedItems } from "./harness.mjs";
 
 const env = (name) => {
@@ -254,6 +255,91 @@ test("DICOM files, named or not, dropped or picked, read as trainer predict read
   // The fixtures name a test patient; the page must show neither name nor id.
   const text = await page.locator("body").innerText();
   assert.ok(!text.includes("NOT-SHOWN"), "the page shows the DICOM patient's name or id");
+});
+
+test("the viewer: opened by click and keyboard, window/level redraws, zoom, previous/next", async () => {
+  const viewer = page.getByTestId("viewer");
+  const image = page.getByTestId("viewer-image");
+  // Mean red value and size of what the viewer's canvas holds.
+  const drawn = () =>
+    image.evaluate((canvas) => {
+      const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      let sum = 0;
+      for (let i = 0; i < data.length; i += 4) sum += data[i];
+      return { width: canvas.width, height: canvas.height, mean: sum / (data.length / 4) };
+    });
+  const opener = page.getByTestId("open-viewer").first();
+  await opener.click();
+  await viewer.waitFor();
+  await page.waitForFunction(() => document.querySelector("[data-testid=viewer-image]")?.width > 0);
+  const first = await page.getByTestId("viewer-name").textContent();
+  const before = await drawn();
+  assert.ok(before.width > 0 && before.height > 0);
+  assert.equal(await page.getByTestId("window-level").textContent(), "window 1.00, level 0.50");
+
+  // Window/level by drag: a narrower, darker window changes the pixels drawn; reset restores them.
+  const stage = await page.locator(".viewer-stage").boundingBox();
+  const [cx, cy] = [stage.x + stage.width / 2, stage.y + stage.height / 2];
+  await page.mouse.move(cx, cy);
+  await page.mouse.down();
+  await page.mouse.move(cx - 150, cy + 60, { steps: 5 });
+  await page.mouse.up();
+  const windowed = await drawn();
+  assert.notEqual(await page.getByTestId("window-level").textContent(), "window 1.00, level 0.50");
+  assert.ok(Math.abs(windowed.mean - before.mean) > 1, `${windowed.mean} vs ${before.mean}`);
+  await page.getByTestId("window-reset").click();
+  assert.equal((await drawn()).mean, before.mean);
+  // ... and by keyboard.
+  await viewer.press("]");
+  assert.notEqual(await page.getByTestId("window-level").textContent(), "window 1.00, level 0.50");
+  await viewer.press("r");
+
+  // Zoom by keyboard, the crop outline shown, the heat map's colour scale in words.
+  await viewer.press("+");
+  const transform = await page.locator(".viewer-frame").evaluate((f) => f.style.transform);
+  assert.ok(transform.includes("scale(1.25)"), transform);
+  assert.equal(await page.locator(".crop-outline").count(), 1);
+  assert.ok((await page.locator(".viewer-legend").textContent()).includes("not where disease is"));
+  await viewer.press("0");
+  await mkdir(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, "viewer.png") });
+
+  // Previous/next through the batch, by key and by button.
+  await viewer.press("ArrowRight");
+  const second = await page.getByTestId("viewer-name").textContent();
+  assert.notEqual(second, first);
+  await page.getByTestId("viewer-previous").click();
+  assert.equal(await page.getByTestId("viewer-name").textContent(), first);
+
+  // Escape closes; Enter on a focused thumbnail opens it again; the close button closes.
+  await viewer.press("Escape");
+  assert.equal(await viewer.count(), 0);
+  await opener.focus();
+  await page.keyboard.press("Enter");
+  await viewer.waitFor();
+  assert.equal(await page.getByTestId("viewer-name").textContent(), first);
+  await page.getByTestId("viewer-close").click();
+  assert.equal(await viewer.count(), 0);
+});
+
+test("axe-core finds no serious or critical accessibility violation, on the page and in the viewer", async () => {
+  for (const state of ["page with results", "viewer open"]) {
+    if (state === "viewer open") {
+      await page.getByTestId("open-viewer").first().click();
+      await page.getByTestId("viewer").waitFor();
+    }
+    const results = await new AxeBuilder({ page }).analyze();
+    const serious = results.violations.filter((v) => ["serious", "critical"].includes(v.impact));
+    assert.deepEqual(
+      serious.map((v) => `${v.id} (${v.impact}): ${v.help}, ${v.nodes.map((n) => n.target.join(" ")).join("; ")}`),
+      [],
+      state,
+    );
+    console.log(
+      `axe-core, ${state}: ${results.passes.length} rules pass, ${results.violations.length} minor or moderate: ${results.violations.map((v) => v.id).join(", ") || "none"}`,
+    );
+  }
+  await page.getByTestId("viewer-close").click();
 });
 
 test("the screenshot is kept", async () => {

@@ -15,7 +15,8 @@ use crate::card_panel::CardPanel;
 use crate::js::error_message;
 use crate::protocol::{FromWorker, ImageResult, ToWorker};
 use crate::report::{self, Row};
-use crate::result_view::ItemView;
+use crate::result_view::{HeatmapControls, ItemView};
+use crate::viewer::Viewer;
 
 /// Files above this size are refused before they are read: no radiograph is this large, and
 /// reading one would stall the tab.
@@ -349,6 +350,7 @@ pub fn App() -> impl IntoView {
     });
     let show_heatmap = RwSignal::new(true);
     let opacity = RwSignal::new(0.6f64);
+    let viewing = RwSignal::new(None::<u32>);
 
     let paste = window_event_listener(ev::paste, move |event| {
         let files = file_list(event.clipboard_data().and_then(|data| data.files()));
@@ -376,9 +378,10 @@ pub fn App() -> impl IntoView {
             <Controls show_heatmap=show_heatmap opacity=opacity page=page classes=classes />
             <section class="results" data-testid="results">
                 <For each=move || page.items.get() key=|item| item.id let:item>
-                    <ItemView item=item classes=classes show_heatmap=show_heatmap opacity=opacity />
+                    <ItemView item=item classes=classes show_heatmap=show_heatmap opacity=opacity viewing=viewing />
                 </For>
             </section>
+            <Viewer viewing=viewing items=page.items classes=classes show_heatmap=show_heatmap opacity=opacity />
             <BatchTable page=page classes=classes />
             {move || match page.model.get() {
                 ModelState::Ready(card) => view! { <CardPanel card=card /> }.into_any(),
@@ -505,34 +508,7 @@ fn Controls(
     };
     view! {
         <section class="controls">
-            <label>
-                <input
-                    type="checkbox"
-                    data-testid="heatmap-toggle"
-                    prop:checked=move || show_heatmap.get()
-                    on:change=move |event| {
-                        let input: HtmlInputElement = event_target(&event);
-                        show_heatmap.set(input.checked());
-                    }
-                />
-                " Heat map"
-            </label>
-            <label>
-                "Opacity "
-                <input
-                    type="range"
-                    min="0"
-                    max="1"
-                    step="0.05"
-                    data-testid="heatmap-opacity"
-                    prop:value=move || opacity.get().to_string()
-                    on:input=move |event| {
-                        if let Ok(value) = event_target_value(&event).parse() {
-                            opacity.set(value);
-                        }
-                    }
-                />
-            </label>
+            <HeatmapControls show_heatmap=show_heatmap opacity=opacity />
             <button data-testid="download-csv" on:click=export>
                 "Download CSV"
             </button>

@@ -28,6 +28,15 @@ pub fn rgba(map: &[f32]) -> Vec<u8> {
         .collect()
 }
 
+/// The ramp as a CSS gradient, for the legend beside a map.
+pub fn css_gradient() -> String {
+    let stops: Vec<String> = STOPS
+        .iter()
+        .map(|[r, g, b]| format!("rgb({r}, {g}, {b})"))
+        .collect();
+    format!("linear-gradient(to right, {})", stops.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,3 +9,4 @@ pub mod js;
 pub mod protocol;
 pub mod report;
 pub mod result_view;
+pub mod viewer;

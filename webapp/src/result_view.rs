@@ -11,7 +11,7 @@ use crate::heatmap;
 use crate::protocol::ImageResult;
 
 #[component]
-fn HeatMap(
+pub(crate) fn HeatMap(
     result: Arc<ImageResult>,
     class: Signal<usize>,
     show: RwSignal<bool>,
@@ -168,6 +168,7 @@ pub fn ItemView(
     classes: Memo<Vec<String>>,
     show_heatmap: RwSignal<bool>,
     opacity: RwSignal<f64>,
+    viewing: RwSignal<Option<u32>>,
 ) -> impl IntoView {
     let status = item.status;
     let probabilities = move || match status.get() {
@@ -207,6 +208,8 @@ pub fn ItemView(
         _ => None,
     };
     let failed = move || matches!(status.get(), Status::Failed(_));
+    let done = move || matches!(status.get(), Status::Done(_));
+    let id = item.id;
     view! {
         <article
             class="item"
@@ -216,14 +219,59 @@ pub fn ItemView(
             data-probabilities=probabilities
             data-millis=millis
         >
-            <div class="figure" class:hidden=failed>
+            <button
+                class="figure"
+                class:hidden=failed
+                disabled=move || !done()
+                aria-label=format!("Open {} in the viewer", item.name)
+                data-testid="open-viewer"
+                on:click=move |_| viewing.set(Some(id))
+            >
                 <img src=move || item.thumbnail.get() alt=format!("radiograph {}", item.name) />
                 {heatmap}
-            </div>
+            </button>
             <div class="details">
                 <h3 title=item.name.clone()>{item.name.clone()}</h3>
                 {body}
             </div>
         </article>
+    }
+}
+
+/// The heat map's switch and opacity, shared by the page's controls and the viewer.
+#[component]
+pub(crate) fn HeatmapControls(
+    show_heatmap: RwSignal<bool>,
+    opacity: RwSignal<f64>,
+) -> impl IntoView {
+    view! {
+        <label>
+            <input
+                type="checkbox"
+                data-testid="heatmap-toggle"
+                prop:checked=move || show_heatmap.get()
+                on:change=move |event| {
+                    let input: web_sys::HtmlInputElement = event_target(&event);
+                    show_heatmap.set(input.checked());
+                }
+            />
+            " Heat map"
+        </label>
+        <label>
+            "Opacity "
+            <input
+                type="range"
+                min="0"
+                max="1"
+                step="0.05"
+                data-testid="heatmap-opacity"
+                prop:value=move || opacity.get().to_string()
+                on:input=move |event| {
+                    if let Ok(value) = event_target_value(&event).parse() {
+                        opacity.set(value);
+                    }
+                }
+            />
+        </label>
     }
 }
