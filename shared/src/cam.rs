@@ -7,6 +7,26 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 
+/// Colour stops of the heat maps' dark-to-bright ramp (blue, cyan, yellow, red), evenly spaced
+/// over [0, 1]: the page's overlay, its legend and the reports share it.
+pub const RAMP: [[f32; 3]; 4] = [
+    [30.0, 60.0, 200.0],
+    [0.0, 200.0, 220.0],
+    [250.0, 220.0, 0.0],
+    [220.0, 20.0, 20.0],
+];
+
+/// The ramp's colour and the overlay's alpha for evidence `value` in [0, 1]: no evidence is
+/// transparent, strong evidence opaque red, so the radiograph stays readable under it.
+pub fn heat_rgba(value: f32) -> [u8; 4] {
+    let v = value.clamp(0.0, 1.0) * (RAMP.len() - 1) as f32;
+    let i = (v.floor() as usize).min(RAMP.len() - 2);
+    let t = v - i as f32;
+    let mix = |c: usize| (RAMP[i][c] * (1.0 - t) + RAMP[i + 1][c] * t).round() as u8;
+    let alpha = (value.clamp(0.0, 1.0).sqrt() * 255.0).round() as u8;
+    [mix(0), mix(1), mix(2), alpha]
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassActivationMaps {
     pub height: usize,

@@ -21,6 +21,7 @@ pub mod ood;
 pub mod operating_point;
 pub mod preprocess;
 pub mod quantize;
+pub mod report;
 pub mod residual;
 #[cfg(test)]
 mod test_util;

@@ -322,6 +322,51 @@ test("the viewer: opened by click and keyboard, window/level redraws, zoom, prev
   assert.equal(await viewer.count(), 0);
 });
 
+test("Save report writes the shared PDF report in the browser, per image and for the batch", async () => {
+  const before = requests.length;
+  const item = page.locator("[data-testid=result]").first();
+  const name = await item.getAttribute("data-name");
+  const probabilities = JSON.parse(await item.getAttribute("data-probabilities"));
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    item.getByTestId("save-report").click(),
+  ]);
+  assert.equal(download.suggestedFilename(), `${name.replace(/\.[^.]+$/, "")}-report.pdf`);
+  const pdf = await readFile(await download.path());
+  const text = pdf.toString("latin1");
+  assert.ok(text.startsWith("%PDF-"), "a PDF");
+  for (const needle of [
+    `Weights SHA-256: ${card.weights.sha256}`,
+    "A research tool, not a diagnostic device",
+    `File: ${name}`,
+    `Model: ${card.name}`,
+    "Date: 20",
+    "/DCTDecode",
+  ]) {
+    assert.ok(text.includes(needle), `the report should say ${needle}`);
+  }
+  // The probabilities it states are the page's, to the 0.1% it prints.
+  card.classes.forEach((c, i) => {
+    const match = text.match(new RegExp(`  ${c}: ([0-9.]+)%`));
+    assert.ok(match, `${c}'s probability is in the report`);
+    assert.ok(Math.abs(Number(match[1]) - probabilities[i] * 100) <= 0.051, `${c}: ${match[1]}%`);
+  });
+  await mkdir(ARTIFACTS, { recursive: true });
+  await writeFile(join(ARTIFACTS, "report.pdf"), pdf);
+
+  const [batch] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByTestId("save-batch-report").click(),
+  ]);
+  const batchText = (await readFile(await batch.path())).toString("latin1");
+  const done = await page.locator("[data-testid=result][data-status=done]").count();
+  assert.equal((batchText.match(/\/Type \/Page\n/g) ?? []).length, done, "one page per classified image");
+  // Nothing was fetched to make them (blob: links are the page's own).
+  const fetched = requests.slice(before).filter((r) => !r.url.startsWith("blob:"));
+  assert.deepEqual(fetched.map((r) => r.url), []);
+  console.log(`report: ${pdf.length} bytes for one image, batch of ${done} pages`);
+});
+
 test("axe-core finds no serious or critical accessibility violation, on the page and in the viewer", async () => {
   for (const state of ["page with results", "viewer open"]) {
     if (state === "viewer open") {

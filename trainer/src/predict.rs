@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use pneumoscope::decode::decode;
+use pneumoscope::checkpoint::write_atomic;
+use pneumoscope::decode::{decode, Decoded};
 use pneumoscope::dicom::DicomInfo;
+use pneumoscope::report::{finding_lines, overlay, report_pdf, Findings, ReportEntry};
 use pneumoscope::{Checkpoint, Classifier, ModelCard, Prediction};
 use serde::Serialize;
 
@@ -23,6 +25,11 @@ pub struct PredictArgs {
     /// Print one JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write a PDF report per image into this folder (and `batch.pdf` with all of them):
+    /// the picture with its heat map, probabilities, verdicts, model and weights hash, date.
+    /// Needs --card.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Image files (PNG, JPEG or DICOM).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -54,15 +61,23 @@ enum ImageResult {
     },
 }
 
+/// The heat map's opacity in reports: the page's default.
+const REPORT_OPACITY: f32 = 0.6;
+
+/// Reads a model card.
+pub fn load_card(path: &Path) -> Result<ModelCard> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading model card {}", path.display()))?;
+    Ok(ModelCard::from_json(&text)?)
+}
+
 /// Loads weights (and the card, checking the weights' SHA-256 against it) into a classifier.
 pub fn load_classifier(weights: &Path, card: Option<&Path>, device: &Device) -> Result<Classifier> {
     let bytes =
         std::fs::read(weights).with_context(|| format!("reading weights {}", weights.display()))?;
     let card = match card {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading model card {}", path.display()))?;
-            let card = ModelCard::from_json(&text)?;
+            let card = load_card(path)?;
             card.verify_weights(&bytes)
                 .with_context(|| format!("{} against {}", weights.display(), path.display()))?;
             Some(card)
@@ -79,24 +94,94 @@ pub fn classify_file(classifier: &Classifier, path: &Path) -> Result<Prediction,
     read_and_classify(classifier, path).map(|(prediction, _)| prediction)
 }
 
+/// The report page of one classified image: its picture with the top class's heat map.
+fn report_entry(
+    classifier: &Classifier,
+    card: &ModelCard,
+    path: &Path,
+    prediction: &Prediction,
+    decoded: &Decoded,
+) -> ReportEntry {
+    let image = &decoded.image;
+    let picture = image::DynamicImage::ImageRgb32F(image.clone()).to_rgb8();
+    let crop = classifier
+        .preprocessing()
+        .crop_region(image.width(), image.height());
+    let cams = &prediction.cams;
+    let findings = Findings {
+        probabilities: &prediction.probabilities,
+        top: prediction.top,
+        in_distribution: prediction.in_distribution,
+        positive: &prediction.positive,
+        heatmap_class: prediction.top,
+    };
+    ReportEntry {
+        file_name: file_name(path),
+        picture: overlay(
+            &picture,
+            &cams.normalized(prediction.top),
+            cams.width,
+            cams.height,
+            crop,
+            REPORT_OPACITY,
+        ),
+        lines: finding_lines(card, &findings),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Writes one PDF per entry (named after its file, numbered) and `batch.pdf` with all.
+fn write_reports(dir: &Path, card: &ModelCard, entries: &[ReportEntry]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
+    for (i, entry) in entries.iter().enumerate() {
+        let stem = Path::new(&entry.file_name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = dir.join(format!("{:03}-{stem}.pdf", i + 1));
+        let pdf = report_pdf(card, &date, std::slice::from_ref(entry))?;
+        write_atomic(&path, &pdf).with_context(|| format!("writing {}", path.display()))?;
+    }
+    write_atomic(&dir.join("batch.pdf"), &report_pdf(card, &date, entries)?)?;
+    println!(
+        "reports: {} PDF(s) and batch.pdf in {}",
+        entries.len(),
+        dir.display()
+    );
+    Ok(())
+}
+
 fn read_and_classify(
     classifier: &Classifier,
     path: &Path,
-) -> Result<(Prediction, Option<DicomInfo>), String> {
+) -> Result<(Prediction, Decoded), String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let decoded = decode(&bytes).map_err(|e| e.to_string())?;
     let prediction = classifier
         .classify_image(&decoded.image)
         .map_err(|e| e.to_string())?;
-    Ok((prediction, decoded.dicom))
+    Ok((prediction, decoded))
 }
 
-fn classify(classifier: &Classifier, path: &Path) -> ImageResult {
+/// One file's result, and its report page when `report_card` is given.
+fn classify(
+    classifier: &Classifier,
+    path: &Path,
+    report_card: Option<&ModelCard>,
+) -> (ImageResult, Option<ReportEntry>) {
     let file = path.display().to_string();
     match read_and_classify(classifier, path) {
-        Ok((prediction, dicom)) => {
+        Ok((prediction, decoded)) => {
+            let entry =
+                report_card.map(|card| report_entry(classifier, card, path, &prediction, &decoded));
             let classes = classifier.classes();
-            ImageResult::Classified {
+            let result = ImageResult::Classified {
                 file,
                 probabilities: classes
                     .iter()
@@ -112,21 +197,33 @@ fn classify(classifier: &Classifier, path: &Path) -> ImageResult {
                     .zip(&prediction.positive)
                     .filter_map(|(class, positive)| Some((class.clone(), (*positive)?)))
                     .collect(),
-                dicom,
-            }
+                dicom: decoded.dicom,
+            };
+            (result, entry)
         }
-        Err(error) => ImageResult::Failed { file, error },
+        Err(error) => (ImageResult::Failed { file, error }, None),
     }
 }
 
 /// Returns whether every image was classified.
 pub fn run(args: &PredictArgs, device: &Device) -> Result<bool> {
     let classifier = load_classifier(&args.weights, args.card.as_deref(), device)?;
-    let results: Vec<ImageResult> = args
+    let report_card = match (&args.report, &args.card) {
+        (Some(_), Some(card)) => Some(load_card(card)?),
+        (Some(_), None) => {
+            bail!("--report needs --card (the report names the model and its weights)")
+        }
+        (None, _) => None,
+    };
+    let (results, entries): (Vec<ImageResult>, Vec<Option<ReportEntry>>) = args
         .images
         .iter()
-        .map(|p| classify(&classifier, p))
-        .collect();
+        .map(|p| classify(&classifier, p, report_card.as_ref()))
+        .unzip();
+    if let (Some(dir), Some(card)) = (&args.report, &report_card) {
+        let entries: Vec<ReportEntry> = entries.into_iter().flatten().collect();
+        write_reports(dir, card, &entries)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {

@@ -13,6 +13,7 @@ use web_sys::{HtmlInputElement, MessageEvent, Worker};
 
 use crate::card_panel::CardPanel;
 use crate::js::error_message;
+use crate::pdf_report::SaveReport;
 use crate::protocol::{FromWorker, ImageResult, ToWorker};
 use crate::report::{self, Row};
 use crate::result_view::{HeatmapControls, ItemView};
@@ -312,12 +313,12 @@ pub(crate) fn percent(p: f32) -> String {
     format!("{:.1}%", p * 100.0)
 }
 
-/// Saves `text` as a file through a `blob:` link: nothing is sent anywhere.
-fn download(name: &str, text: &str) -> Result<(), JsValue> {
+/// Saves `bytes` as a file through a `blob:` link: nothing is sent anywhere.
+pub(crate) fn download(name: &str, mime: &str, bytes: &[u8]) -> Result<(), JsValue> {
     let options = web_sys::BlobPropertyBag::new();
-    options.set_type("text/csv");
-    let blob = web_sys::Blob::new_with_str_sequence_and_options(
-        &Array::of1(&JsValue::from_str(text)),
+    options.set_type(mime);
+    let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(
+        &Array::of1(&Uint8Array::from(bytes)),
         &options,
     )?;
     let url = web_sys::Url::create_object_url_with_blob(&blob)?;
@@ -348,6 +349,10 @@ pub fn App() -> impl IntoView {
         ModelState::Ready(card) => card.classes.clone(),
         _ => Vec::new(),
     });
+    let card = Memo::new(move |_| match page.model.get() {
+        ModelState::Ready(card) => Some(card),
+        _ => None,
+    });
     let show_heatmap = RwSignal::new(true);
     let opacity = RwSignal::new(0.6f64);
     let viewing = RwSignal::new(None::<u32>);
@@ -375,13 +380,13 @@ pub fn App() -> impl IntoView {
         <main>
             <ModelStatus model=page.model />
             <DropZone page=page />
-            <Controls show_heatmap=show_heatmap opacity=opacity page=page classes=classes />
+            <Controls show_heatmap=show_heatmap opacity=opacity page=page classes=classes card=card />
             <section class="results" data-testid="results">
                 <For each=move || page.items.get() key=|item| item.id let:item>
-                    <ItemView item=item classes=classes show_heatmap=show_heatmap opacity=opacity viewing=viewing />
+                    <ItemView item=item classes=classes show_heatmap=show_heatmap opacity=opacity viewing=viewing card=card />
                 </For>
             </section>
-            <Viewer viewing=viewing items=page.items classes=classes show_heatmap=show_heatmap opacity=opacity />
+            <Viewer viewing=viewing items=page.items classes=classes show_heatmap=show_heatmap opacity=opacity card=card />
             <BatchTable page=page classes=classes />
             {move || match page.model.get() {
                 ModelState::Ready(card) => view! { <CardPanel card=card /> }.into_any(),
@@ -482,6 +487,7 @@ fn Controls(
     opacity: RwSignal<f64>,
     page: Page,
     classes: Memo<Vec<String>>,
+    card: Memo<Option<Arc<ModelCard>>>,
 ) -> impl IntoView {
     let export = move |_| {
         let items = page.items.get_untracked();
@@ -502,7 +508,7 @@ fn Controls(
             })
             .collect();
         let text = report::csv(&classes.get_untracked(), &rows);
-        if let Err(error) = download("pneumoscope-results.csv", &text) {
+        if let Err(error) = download("pneumoscope-results.csv", "text/csv", text.as_bytes()) {
             web_sys::console::error_1(&error);
         }
     };
@@ -512,6 +518,14 @@ fn Controls(
             <button data-testid="download-csv" on:click=export>
                 "Download CSV"
             </button>
+            <SaveReport
+                card=card
+                items=Signal::derive(move || page.items.get())
+                opacity=opacity
+                label="Save report (PDF, all)"
+                file_name="pneumoscope-report.pdf".into()
+                test_id="save-batch-report"
+            />
             <button on:click=move |_| page.clear()>"Clear"</button>
         </section>
     }

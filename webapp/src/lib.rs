@@ -6,6 +6,8 @@ pub mod card_panel;
 pub mod heatmap;
 pub mod inference;
 pub mod js;
+pub mod pdf_report;
+pub mod picture;
 pub mod protocol;
 pub mod report;
 pub mod result_view;

@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
+use pneumoscope::ModelCard;
+
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
 use crate::app::{percent, Item, Status};
 use crate::heatmap;
+use crate::pdf_report::{report_name, SaveReport};
 use crate::protocol::ImageResult;
 
 #[component]
@@ -169,6 +172,7 @@ pub fn ItemView(
     show_heatmap: RwSignal<bool>,
     opacity: RwSignal<f64>,
     viewing: RwSignal<Option<u32>>,
+    card: Memo<Option<Arc<ModelCard>>>,
 ) -> impl IntoView {
     let status = item.status;
     let probabilities = move || match status.get() {
@@ -210,6 +214,25 @@ pub fn ItemView(
     let failed = move || matches!(status.get(), Status::Failed(_));
     let done = move || matches!(status.get(), Status::Done(_));
     let id = item.id;
+    let thumbnail = item.thumbnail;
+    let save_report = {
+        let item = item.clone();
+        move || {
+            let only = item.clone();
+            done().then(|| {
+                view! {
+                    <SaveReport
+                        card=card
+                        items=Signal::derive(move || vec![only.clone()])
+                        opacity=opacity
+                        label="Save report"
+                        file_name=report_name(&item.name)
+                        test_id="save-report"
+                    />
+                }
+            })
+        }
+    };
     view! {
         <article
             class="item"
@@ -227,12 +250,13 @@ pub fn ItemView(
                 data-testid="open-viewer"
                 on:click=move |_| viewing.set(Some(id))
             >
-                <img src=move || item.thumbnail.get() alt=format!("radiograph {}", item.name) />
+                <img src=move || thumbnail.get() alt=format!("radiograph {}", item.name) />
                 {heatmap}
             </button>
             <div class="details">
                 <h3 title=item.name.clone()>{item.name.clone()}</h3>
                 {body}
+                {save_report}
             </div>
         </article>
     }

@@ -2,13 +2,18 @@
 //! drag, the heat map over the crop the network saw (with its colour scale), and previous/next
 //! through the batch. Everything works from the keyboard too (`HELP`).
 
+use std::sync::Arc;
+
 use leptos::prelude::*;
+use pneumoscope::ModelCard;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{CanvasRenderingContext2d, HtmlCanvasElement, HtmlImageElement};
 
 use crate::app::{Item, Status};
 use crate::heatmap;
+use crate::pdf_report::{report_name, SaveReport};
+use crate::picture::{read_picture, Picture};
 use crate::result_view::{HeatMap, HeatmapControls};
 
 const HELP: &str = "Drag: window/level (sideways: width, up/down: level) · Shift+drag or \
@@ -104,47 +109,6 @@ impl View {
     }
 }
 
-/// The picture's own pixels, read once per image, and its size as drawn.
-#[derive(Default)]
-struct Picture {
-    pixels: Vec<u8>,
-    width: u32,
-    height: u32,
-}
-
-/// Draws `image` into a canvas at most MAX_SIDE on its longer side and reads its pixels back.
-fn read_picture(image: &HtmlImageElement) -> Result<Picture, JsValue> {
-    let (w, h) = (image.natural_width() as f64, image.natural_height() as f64);
-    let scale = (MAX_SIDE / w.max(h)).min(1.0);
-    let (width, height) = (
-        ((w * scale).round() as u32).max(1),
-        ((h * scale).round() as u32).max(1),
-    );
-    let canvas: HtmlCanvasElement = document().create_element("canvas")?.unchecked_into();
-    canvas.set_width(width);
-    canvas.set_height(height);
-    let context: CanvasRenderingContext2d = canvas
-        .get_context("2d")?
-        .ok_or("no 2d context")?
-        .unchecked_into();
-    context.draw_image_with_html_image_element_and_dw_and_dh(
-        image,
-        0.0,
-        0.0,
-        width as f64,
-        height as f64,
-    )?;
-    let pixels = context
-        .get_image_data(0.0, 0.0, width as f64, height as f64)?
-        .data()
-        .0;
-    Ok(Picture {
-        pixels,
-        width,
-        height,
-    })
-}
-
 fn draw(canvas: &HtmlCanvasElement, picture: &Picture, window: WindowLevel) -> Result<(), JsValue> {
     canvas.set_width(picture.width);
     canvas.set_height(picture.height);
@@ -178,6 +142,7 @@ pub fn Viewer(
     classes: Memo<Vec<String>>,
     show_heatmap: RwSignal<bool>,
     opacity: RwSignal<f64>,
+    card: Memo<Option<Arc<ModelCard>>>,
 ) -> impl IntoView {
     // The batch's classified images, in order, and where the viewer is among them.
     let done = move || {
@@ -223,7 +188,7 @@ pub fn Viewer(
             return;
         };
         let source = image.clone();
-        let onload = Closure::once_into_js(move || match read_picture(&source) {
+        let onload = Closure::once_into_js(move || match read_picture(&source, MAX_SIDE) {
             Ok(read) => {
                 picture.set_value(read);
                 loaded.update(|n| *n += 1);
@@ -416,6 +381,17 @@ pub fn Viewer(
                         </select>
                     </label>
                     <HeatmapControls show_heatmap=show_heatmap opacity=opacity />
+                    <SaveReport
+                        card=card
+                        items=Signal::derive({
+                            let item = item.clone();
+                            move || vec![item.clone()]
+                        })
+                        opacity=opacity
+                        label="Save report"
+                        file_name=report_name(&item.name)
+                        test_id="viewer-save-report"
+                    />
                     <button data-testid="viewer-close" on:click=move |_| close()>"Close"</button>
                 </div>
                 <div

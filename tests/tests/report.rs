@@ -1,0 +1,74 @@
+//! `trainer predict --report`: the PDF a user keeps, one page per classified image, naming the
+//! model and its weights, with the probabilities, verdicts, date and disclaimer.
+
+use candle_core::Device;
+use pneumoscope::report::DISCLAIMER;
+use pneumoscope_tests::{fixture_dir, repo_root, shared_data_dir};
+use trainer::predict::{run, PredictArgs};
+
+/// Page objects in a PDF (pdf-writer writes `/Type /Page` on its own line).
+fn pages(pdf: &[u8]) -> usize {
+    String::from_utf8_lossy(pdf)
+        .matches("/Type /Page\n")
+        .count()
+}
+
+#[test]
+fn predict_writes_a_report_per_image_and_one_for_the_batch() {
+    let weights = repo_root().join("weights");
+    let card: pneumoscope::ModelCard =
+        serde_json::from_str(&std::fs::read_to_string(weights.join("model.json")).unwrap())
+            .unwrap();
+    let out = std::env::temp_dir().join(format!("pneumoscope-report-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let images = vec![
+        shared_data_dir().join("covid19-kaggle/test/Covid/0100.jpeg"),
+        fixture_dir().join("dicom/mono1-12bit.dcm"),
+        fixture_dir().join("dicom/broken-truncated.dcm"),
+    ];
+    let args = PredictArgs {
+        weights: weights.join("model.safetensors"),
+        card: Some(weights.join("model.json")),
+        json: true,
+        report: Some(out.clone()),
+        images,
+    };
+    // The broken file fails on its own: not every image was classified.
+    assert!(!run(&args, &Device::Cpu).unwrap());
+    let mut written: Vec<String> = std::fs::read_dir(out.as_path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        ["001-0100.pdf", "002-mono1-12bit.pdf", "batch.pdf"]
+    );
+    let batch = std::fs::read(out.as_path().join("batch.pdf")).unwrap();
+    assert!(batch.starts_with(b"%PDF-"));
+    let text = String::from_utf8_lossy(&batch);
+    for needle in [
+        format!("Weights SHA-256: {}", card.weights.sha256),
+        DISCLAIMER.to_string(),
+        "File: 0100.jpeg".to_string(),
+        "File: mono1-12bit.dcm".to_string(),
+        "/DCTDecode".to_string(),
+    ] {
+        assert!(text.contains(&needle), "the report should say {needle}");
+    }
+    for class in &card.classes {
+        assert!(
+            text.contains(&format!("  {class}: ")),
+            "{class}'s probability"
+        );
+    }
+    assert!(text.contains("Date: 20"), "the date");
+    let single = std::fs::read(out.as_path().join("001-0100.pdf")).unwrap();
+    assert_eq!((pages(&batch), pages(&single)), (2, 1));
+
+    // Without a card there is nothing to name the model by.
+    let no_card = PredictArgs { card: None, ..args };
+    let error = run(&no_card, &Device::Cpu).unwrap_err().to_string();
+    assert!(error.contains("--report needs --card"), "{error}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
