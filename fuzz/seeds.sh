@@ -31,6 +31,13 @@ pathlib.Path("corpus/safetensors/small.safetensors").write_bytes(safetensors({
     "fc.weight": ("F32", [3, 4], bytes(48)), "fc.bias": ("F16", [3], bytes(6)),
     "bn1.running_var": ("BF16", [2], bytes(4))}))
 pathlib.Path("corpus/safetensors/empty.safetensors").write_bytes(safetensors({}))
+# int8 kernels with their per-channel scales (trainer quantize), and one without its scale.
+pathlib.Path("corpus/safetensors/int8.safetensors").write_bytes(safetensors({
+    "conv1.weight": ("I8", [2, 1, 2, 2], bytes([1, 255, 3, 128, 0, 7, 9, 200])),
+    "conv1.weight_scale": ("F32", [2], struct.pack("<2f", 0.01, 0.5)),
+    "bn1.weight": ("F16", [2], bytes(4))}))
+pathlib.Path("corpus/safetensors/int8-no-scale.safetensors").write_bytes(safetensors({
+    "conv1.weight": ("I8", [1, 1, 1, 1], bytes([5]))}))
 PY
 cp ../weights/model.json corpus/model_card/shipped.json
 cp ../docs/runs/2026-11-28-multisource-96/model.json corpus/model_card/candidate.json
