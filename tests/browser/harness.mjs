@@ -89,6 +89,7 @@ export async function finishedItems(page, count, timeout = 300_000) {
       name: item.dataset.name,
       status: item.dataset.status,
       probabilities: item.dataset.probabilities ? JSON.parse(item.dataset.probabilities) : null,
+      topMap: item.dataset.topMap ? JSON.parse(item.dataset.topMap) : null,
       millis: item.dataset.millis ? Number(item.dataset.millis) : null,
       shown: [...item.querySelectorAll("[data-testid=probability] .value")].map((v) =>
         Number(v.textContent.replace("%", "")) / 100,

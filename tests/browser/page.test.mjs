@@ -93,6 +93,17 @@ test("the page classifies radiographs exactly like trainer predict, bad files fa
     item.probabilities.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - wanted[i]))));
   }
   console.log(`largest |browser - native| probability difference: ${worst.toExponential(2)}`);
+  // The heat map's values (the top class's activation map, before colouring) equal native's.
+  let worstMap = 0;
+  for (const [index, path] of IMAGES.entries()) {
+    const native = expected.find((e) => resolve(e.file) === resolve(path));
+    const map = items[index].topMap;
+    assert.equal(map.length, native.map_width * native.map_height, `${path}: map size`);
+    assert.equal(native.map_width, Math.ceil(card.preprocessing.crop / 32), `${path}: map width`);
+    map.forEach((v, i) => (worstMap = Math.max(worstMap, Math.abs(v - native.top_map[i]))));
+  }
+  assert.ok(worstMap <= TOLERANCE, `heat maps differ by up to ${worstMap}`);
+  console.log(`heat map: ${expected[0].map_width}x${expected[0].map_height}, largest |browser - native| ${worstMap.toExponential(2)}`);
   // Each class's verdict at the card's operating point, in words, as trainer predict gives it.
   const points = new Set((card.operating_points ?? []).map((p) => p.class));
   let verdicts = 0;

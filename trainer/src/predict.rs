@@ -51,6 +51,11 @@ enum ImageResult {
         /// Per class, whether its probability reaches the card's operating point.
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         positive: BTreeMap<String, bool>,
+        /// The top class's activation map, scaled to [0, 1], row-major `map_height` x
+        /// `map_width` (what the page's heat map draws).
+        top_map: Vec<f32>,
+        map_width: usize,
+        map_height: usize,
         /// How a DICOM file was read (no patient data).
         #[serde(skip_serializing_if = "Option::is_none")]
         dicom: Option<DicomInfo>,
@@ -197,6 +202,9 @@ fn classify(
                     .zip(&prediction.positive)
                     .filter_map(|(class, positive)| Some((class.clone(), (*positive)?)))
                     .collect(),
+                top_map: prediction.cams.normalized(prediction.top),
+                map_width: prediction.cams.width,
+                map_height: prediction.cams.height,
                 dicom: decoded.dicom,
             };
             (result, entry)

@@ -179,6 +179,11 @@ pub fn ItemView(
         Status::Done(result) => serde_json::to_string(&result.probabilities).ok(),
         _ => None,
     };
+    // The top class's map as computed (before colouring), for comparison with trainer predict.
+    let top_map = move || match status.get() {
+        Status::Done(result) => serde_json::to_string(&result.cams.get(result.top)).ok(),
+        _ => None,
+    };
     let heatmap = {
         let item = item.clone();
         move || match status.get() {
@@ -240,6 +245,7 @@ pub fn ItemView(
             data-name=item.name.clone()
             data-status=move || status.get().name()
             data-probabilities=probabilities
+            data-top-map=top_map
             data-millis=millis
         >
             <button
