@@ -58,7 +58,7 @@ enum ImageResult {
         map_height: usize,
         /// How a DICOM file was read (no patient data).
         #[serde(skip_serializing_if = "Option::is_none")]
-        dicom: Option<DicomInfo>,
+        dicom: Option<Box<DicomInfo>>,
     },
     Failed {
         file: String,
@@ -205,7 +205,7 @@ fn classify(
                 top_map: prediction.cams.normalized(prediction.top),
                 map_width: prediction.cams.width,
                 map_height: prediction.cams.height,
-                dicom: decoded.dicom,
+                dicom: decoded.dicom.map(Box::new),
             };
             (result, entry)
         }
