@@ -70,6 +70,16 @@ impl OperatingPoint {
         (true_pos as f64 / pos as f64, true_neg as f64 / neg as f64)
     }
 
+    /// The verdict for a probability that is (`called`) or is not at this point, in words.
+    pub fn verdict(&self, called: bool) -> String {
+        format!(
+            "{} at the operating point (>= {:.3}, {:.0}% sensitivity on validation)",
+            if called { "positive" } else { "below" },
+            self.threshold,
+            self.target_sensitivity * 100.0
+        )
+    }
+
     /// One line for the card panel and reports.
     pub fn describe(&self) -> String {
         format!(

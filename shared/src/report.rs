@@ -49,12 +49,7 @@ pub fn finding_lines(card: &ModelCard, findings: &Findings) -> Vec<String> {
     for (i, class) in classes.iter().enumerate() {
         let point = card.operating_points.iter().find(|p| &p.class == class);
         let verdict = match (point, findings.positive.get(i).copied().flatten()) {
-            (Some(point), Some(called)) => format!(
-                "  {} at the operating point (>= {:.3}, {:.0}% sensitivity on validation)",
-                if called { "positive" } else { "below" },
-                point.threshold,
-                point.target_sensitivity * 100.0
-            ),
+            (Some(point), Some(called)) => format!("  {}", point.verdict(called)),
             _ => String::new(),
         };
         lines.push(format!(

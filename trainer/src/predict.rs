@@ -262,12 +262,7 @@ pub fn run(args: &PredictArgs, device: &Device) -> Result<bool> {
                     {
                         let marker = if class == top { "  <- top" } else { "      " };
                         let verdict = match (point, positive.get(class)) {
-                            (Some(point), Some(&called)) => format!(
-                                "  {} at the operating point (>= {:.3}, {:.0}% sensitivity)",
-                                if called { "positive" } else { "negative" },
-                                point.threshold,
-                                point.target_sensitivity * 100.0
-                            ),
+                            (Some(point), Some(&called)) => format!("  {}", point.verdict(called)),
                             _ => String::new(),
                         };
                         println!("  {class:<20} {:.4}{marker}{verdict}", probabilities[class]);
