@@ -15,6 +15,7 @@ use crate::decode::decode_rgb;
 use crate::error::{Error, Result};
 use crate::model::{channel_stats, ResNet50};
 use crate::preprocess::Preprocessing;
+use crate::stage_times::Stopwatch;
 
 #[derive(Debug, Clone)]
 pub struct Prediction {
@@ -145,34 +146,56 @@ impl Classifier {
 
     /// Preprocesses and classifies one decoded image.
     pub fn classify_image(&self, image: &Rgb32FImage) -> Result<Prediction> {
+        self.classify_image_timed(image, &mut Stopwatch::off())
+    }
+
+    /// `classify_image`, charging "preprocess", the layer groups, "maps" and "gate" to `watch`.
+    pub fn classify_image_timed(
+        &self,
+        image: &Rgb32FImage,
+        watch: &mut Stopwatch,
+    ) -> Result<Prediction> {
         let crop = self.preprocessing.crop as usize;
         let input = Tensor::from_vec(
             self.preprocessing.apply(image),
             (1, 3, crop, crop),
             &self.device,
         )?;
-        let mut predictions = self.classify_batch(&input)?;
+        watch.lap("preprocess");
+        let mut predictions = self.classify_batch_timed(&input, watch)?;
         Ok(predictions.remove(0))
     }
 
     /// Classifies a normalised batch (N, 3, H, W).
     pub fn classify_batch(&self, batch: &Tensor) -> Result<Vec<Prediction>> {
-        let output = self.model.forward_t(batch, false)?;
+        self.classify_batch_timed(batch, &mut Stopwatch::off())
+    }
+
+    /// `classify_batch`, charging the layer groups, "maps" and "gate" to `watch`.
+    pub fn classify_batch_timed(
+        &self,
+        batch: &Tensor,
+        watch: &mut Stopwatch,
+    ) -> Result<Vec<Prediction>> {
+        let output = self.model.forward_timed(batch, false, watch)?;
         let layer2_stats = channel_stats(&output.layer2_map)?; // (N, 1024)
+        watch.lap("gate");
         let n = batch.dim(0)?;
         (0..n)
             .map(|i| {
                 let logits: Vec<f32> = output.logits.get(i)?.to_vec1()?;
                 let probabilities = softmax_with_temperature(&logits, self.temperature);
+                let cams = ClassActivationMaps::compute(
+                    &output.feature_map.get(i)?,
+                    self.model.head_weight(),
+                )?;
+                watch.lap("maps");
                 let mut prediction = Prediction {
                     top: argmax(&probabilities),
                     logits,
                     features: output.features.get(i)?.to_vec1()?,
                     layer2_stats: layer2_stats.get(i)?.to_vec1()?,
-                    cams: ClassActivationMaps::compute(
-                        &output.feature_map.get(i)?,
-                        self.model.head_weight(),
-                    )?,
+                    cams,
                     probabilities,
                     ood_score: None,
                     in_distribution: None,
@@ -189,6 +212,7 @@ impl Classifier {
                     prediction.ood_score = Some(score);
                     prediction.in_distribution = Some(score <= gate.threshold);
                 }
+                watch.lap("gate");
                 Ok(prediction)
             })
             .collect()

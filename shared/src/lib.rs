@@ -23,6 +23,7 @@ pub mod preprocess;
 pub mod quantize;
 pub mod report;
 pub mod residual;
+pub mod stage_times;
 #[cfg(test)]
 mod test_util;
 

@@ -8,6 +8,7 @@ use crate::batch_norm::batch_norm_train;
 use crate::conv::conv2d_train;
 use crate::max_pool::max_pool_3x3_stride2;
 use crate::residual::add_relu;
+use crate::stage_times::Stopwatch;
 
 /// Width of the pooled feature vector that feeds the classifier head.
 pub const FEATURE_DIM: usize = 2048;
@@ -15,6 +16,7 @@ pub const FEATURE_DIM: usize = 2048;
 pub const LAYER2_CHANNELS: usize = 512;
 /// Bottleneck blocks per stage (`layer1` .. `layer4`).
 pub const BLOCKS_PER_STAGE: [usize; 4] = [3, 4, 6, 3];
+const LAYER_NAMES: [&str; 4] = ["layer1", "layer2", "layer3", "layer4"];
 const EXPANSION: usize = 4;
 const BN_EPS: f64 = 1e-5;
 /// PyTorch's default: `running = (1 - momentum) * running + momentum * batch_stat`.
@@ -257,7 +259,7 @@ impl ResNet50 {
         let mut stages = Vec::with_capacity(BLOCKS_PER_STAGE.len());
         for (stage, &blocks) in BLOCKS_PER_STAGE.iter().enumerate() {
             let width = 64 << stage;
-            let vb_stage = vb.pp(format!("layer{}", stage + 1));
+            let vb_stage = vb.pp(LAYER_NAMES[stage]);
             let mut stage_blocks = Vec::with_capacity(blocks);
             for block in 0..blocks {
                 let stride = if block == 0 && stage > 0 { 2 } else { 1 };
@@ -307,8 +309,20 @@ impl ResNet50 {
     /// (N, 3, H, W) normalised images -> logits (N, classes), features (N, 2048) and the `layer4`
     /// map (N, 2048, H/32, W/32). `train` selects batch statistics (and updates the running ones).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ResNetOutput> {
+        self.forward_timed(x, train, &mut Stopwatch::off())
+    }
+
+    /// `forward_t`, charging each layer group's time to `watch` ("stem", "layer1" .. "layer4",
+    /// "head"). candle's CPU ops run eagerly, so a lap measures the group's own work.
+    pub fn forward_timed(
+        &self,
+        x: &Tensor,
+        train: bool,
+        watch: &mut Stopwatch,
+    ) -> Result<ResNetOutput> {
         let x = self.stem.forward_t(x, train, true)?; // (N, 64, H/2, W/2)
         let mut x = stem_max_pool(&x, train)?; // (N, 64, H/4, W/4)
+        watch.lap("stem");
         let mut layer2_map = None;
         for (index, stage) in self.stages.iter().enumerate() {
             for block in stage {
@@ -317,10 +331,12 @@ impl ResNet50 {
             if index == 1 {
                 layer2_map = Some(x.clone()); // (N, 512, H/8, W/8)
             }
+            watch.lap(LAYER_NAMES[index]);
         }
         let layer2_map = layer2_map.expect("ResNet50 has a layer2");
         let features = x.mean(D::Minus1)?.mean(D::Minus1)?; // (N, 2048)
         let logits = self.fc.forward(&features)?; // (N, classes)
+        watch.lap("head");
         Ok(ResNetOutput {
             logits,
             features,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use js_sys::{Array, Uint8Array};
 use leptos::ev;
 use leptos::prelude::*;
+use pneumoscope::stage_times::StageTimes;
 use pneumoscope::ModelCard;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -81,6 +82,8 @@ type Outgoing = (ToWorker, Option<JsValue>);
 #[derive(Clone, Copy)]
 struct Page {
     model: RwSignal<ModelState>,
+    /// How long each step of loading the model took, for the benchmark.
+    load_stages: RwSignal<StageTimes>,
     items: RwSignal<Vec<Item>>,
     worker: StoredValue<Option<Worker>, LocalStorage>,
     /// Messages for a worker that has not booted yet: it would drop them.
@@ -121,7 +124,8 @@ impl Page {
             FromWorker::LoadProgress { loaded, total } => {
                 self.model.set(ModelState::Loading { loaded, total })
             }
-            FromWorker::Ready { card } => {
+            FromWorker::Ready { card, load_stages } => {
+                self.load_stages.set(load_stages);
                 self.model.set(ModelState::Ready(Arc::new(*card)));
                 register_service_worker();
             }
@@ -339,6 +343,7 @@ pub fn App() -> impl IntoView {
             loaded: 0,
             total: None,
         }),
+        load_stages: RwSignal::new(StageTimes::default()),
         items: RwSignal::new(Vec::new()),
         worker: StoredValue::new_local(None),
         unsent: StoredValue::new_local(None),
@@ -378,7 +383,7 @@ pub fn App() -> impl IntoView {
             </p>
         </header>
         <main>
-            <ModelStatus model=page.model />
+            <ModelStatus model=page.model load_stages=page.load_stages />
             <DropZone page=page />
             <Controls show_heatmap=show_heatmap opacity=opacity page=page classes=classes card=card />
             <section class="results" data-testid="results">
@@ -397,14 +402,19 @@ pub fn App() -> impl IntoView {
 }
 
 #[component]
-fn ModelStatus(model: RwSignal<ModelState>) -> impl IntoView {
+fn ModelStatus(model: RwSignal<ModelState>, load_stages: RwSignal<StageTimes>) -> impl IntoView {
     let state = move || match model.get() {
         ModelState::Loading { .. } => "loading",
         ModelState::Ready(_) => "ready",
         ModelState::Failed(_) => "error",
     };
     view! {
-        <section class="model-status" data-testid="model-status" data-state=state>
+        <section
+            class="model-status"
+            data-testid="model-status"
+            data-state=state
+            data-load-stages=move || serde_json::to_string(&load_stages.get()).ok()
+        >
             {move || match model.get() {
                 ModelState::Loading { loaded, total } => {
                     let mb = |b: u64| b as f64 / 1_048_576.0;

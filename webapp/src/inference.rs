@@ -9,6 +9,7 @@ use candle_core::Device;
 use js_sys::{Array, Uint8Array};
 use pneumoscope::classifier::classifier_from_bytes;
 use pneumoscope::decode::{decode, preview_png};
+use pneumoscope::stage_times::{StageTimes, Stopwatch};
 use pneumoscope::{Classifier, ModelCard};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -60,9 +61,10 @@ fn handle(data: JsValue, classifier: &Shared) {
             let classifier = classifier.clone();
             wasm_bindgen_futures::spawn_local(async move {
                 let next = match load().await {
-                    Ok((loaded, card)) => {
+                    Ok((loaded, card, load_stages)) => {
                         post(&FromWorker::Ready {
                             card: Box::new(card),
+                            load_stages,
                         });
                         State::Ready(Box::new(loaded))
                     }
@@ -120,15 +122,25 @@ fn png_data_url(png: &[u8]) -> String {
 }
 
 fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String> {
-    let start = now_ms();
+    let mut watch = Stopwatch::new(&now_ms);
     let decoded = decode(bytes).map_err(|e| e.to_string())?;
     let image = decoded.image;
+    watch.lap("decode");
     let prediction = classifier
-        .classify_image(&image)
+        .classify_image_timed(&image, &mut watch)
         .map_err(|e| e.to_string())?;
     let cams = (0..classifier.classes().len())
         .map(|class| prediction.cams.normalized(class))
         .collect();
+    watch.lap("maps");
+    let preview = match decoded.dicom {
+        Some(_) => Some(png_data_url(
+            &preview_png(&image, PREVIEW_SIDE).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    watch.lap("preview");
+    let stages = watch.into_times();
     Ok(ImageResult {
         width: image.width(),
         height: image.height(),
@@ -143,13 +155,9 @@ fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String
         in_distribution: prediction.in_distribution,
         ood_score: prediction.ood_score,
         positive: prediction.positive,
-        millis: now_ms() - start,
-        preview: match decoded.dicom {
-            Some(_) => Some(png_data_url(
-                &preview_png(&image, PREVIEW_SIDE).map_err(|e| e.to_string())?,
-            )),
-            None => None,
-        },
+        millis: stages.total(),
+        stages,
+        preview,
         dicom: decoded.dicom,
     })
 }
@@ -229,7 +237,8 @@ async fn read_with_progress(response: Response) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-async fn load() -> Result<(Classifier, ModelCard), String> {
+async fn load() -> Result<(Classifier, ModelCard, StageTimes), String> {
+    let mut watch = Stopwatch::new(&now_ms);
     let card_text = JsFuture::from(
         fetch(CARD_URL)
             .await?
@@ -241,12 +250,16 @@ async fn load() -> Result<(Classifier, ModelCard), String> {
     .as_string()
     .unwrap_or_default();
     let card = ModelCard::from_json(&card_text).map_err(|e| e.to_string())?;
+    watch.lap("card");
     let weights_url = same_origin_file(&card.weights.file)?;
     let weights = read_with_progress(fetch(weights_url).await?).await?;
+    watch.lap("download");
     card.verify_weights(&weights).map_err(|e| e.to_string())?;
+    watch.lap("sha256");
     let classifier =
         classifier_from_bytes(&weights, Some(&card), &Device::Cpu).map_err(|e| e.to_string())?;
-    Ok((classifier, card))
+    watch.lap("model");
+    Ok((classifier, card, watch.into_times()))
 }
 
 #[cfg(test)]

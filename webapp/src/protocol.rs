@@ -3,6 +3,7 @@
 
 use pneumoscope::dicom::DicomInfo;
 use pneumoscope::preprocess::CropRegion;
+use pneumoscope::stage_times::StageTimes;
 use pneumoscope::ModelCard;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,9 @@ pub enum FromWorker {
     },
     Ready {
         card: Box<ModelCard>,
+        /// Milliseconds per loading step (card, download, SHA-256, model).
+        #[serde(default)]
+        load_stages: StageTimes,
     },
     LoadFailed {
         message: String,
@@ -68,8 +72,11 @@ pub struct ImageResult {
     /// operating point for that class).
     #[serde(default)]
     pub positive: Vec<Option<bool>>,
-    /// Decoding, preprocessing and the forward pass, in milliseconds.
+    /// Everything the worker did for this image, in milliseconds.
     pub millis: f64,
+    /// `millis` per stage: decode, preprocess, the layer groups, maps, gate, preview.
+    #[serde(default)]
+    pub stages: StageTimes,
     /// How a DICOM file was read (no patient data); `None` for PNG and JPEG.
     #[serde(default)]
     pub dicom: Option<DicomInfo>,

@@ -99,6 +99,7 @@ mod tests {
             ood_score: Some(12.5),
             positive: vec![Some(true), Some(false), None],
             millis: 101.25,
+            stages: Default::default(),
             dicom: None,
             preview: None,
         }

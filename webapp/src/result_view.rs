@@ -184,6 +184,10 @@ pub fn ItemView(
         Status::Done(result) => serde_json::to_string(&result.cams.get(result.top)).ok(),
         _ => None,
     };
+    let stages = move || match status.get() {
+        Status::Done(result) => serde_json::to_string(&result.stages).ok(),
+        _ => None,
+    };
     let heatmap = {
         let item = item.clone();
         move || match status.get() {
@@ -247,6 +251,7 @@ pub fn ItemView(
             data-probabilities=probabilities
             data-top-map=top_map
             data-millis=millis
+            data-stages=stages
         >
             <button
                 class="figure"

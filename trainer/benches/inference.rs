@@ -1,0 +1,236 @@
+//! Inference of the shipped model, stage by stage, beside onnxruntime on the same weights.
+//!
+//! `cargo bench -p trainer --bench inference` classifies 10 radiographs of
+//! `../shared/data/covid19-kaggle/test` one at a time at 112, 144 (shipped) and 224 pixels, as
+//! `trainer predict` does (decode, preprocess, forward, maps, gate), and prints the median time of
+//! each stage. It then hands the same preprocessed inputs and our logits to
+//! `scripts/onnx_peer.py` (onnxruntime, developers only: `pip install onnx onnxruntime
+//! safetensors`), which exports the weights to ONNX, checks its logits against ours and times its
+//! forward pass at the same thread count; the last table gives the ratios. Threads: candle's
+//! default (all cores); `RAYON_NUM_THREADS=1` pins both sides to one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use pneumoscope::decode::decode_rgb;
+use pneumoscope::stage_times::{StageTimes, Stopwatch};
+use pneumoscope::{Checkpoint, Classifier, ModelCard};
+
+const CROPS: [u32; 3] = [112, 144, 224];
+const IMAGES_PER_CLASS: usize = 5;
+const REPEATS: usize = 3;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The first `IMAGES_PER_CLASS` files of each class folder, sorted.
+fn images() -> Vec<(String, Vec<u8>)> {
+    let test = root().join("../shared/data/covid19-kaggle/test");
+    let mut chosen = Vec::new();
+    for class in ["Covid", "Normal"] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(test.join(class))
+            .unwrap_or_else(|e| panic!("{}: {e}", test.join(class).display()))
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        for path in files.into_iter().take(IMAGES_PER_CLASS) {
+            let name = format!("{class}/{}", path.file_name().unwrap().to_string_lossy());
+            chosen.push((name, std::fs::read(&path).unwrap()));
+        }
+    }
+    chosen
+}
+
+/// The shipped model with its preprocessing moved to `crop` (the resize keeps the card's ratio).
+fn classifier(card: &ModelCard, crop: u32) -> Classifier {
+    let mut card = card.clone();
+    let ratio = card.preprocessing.resize_shorter as f32 / card.preprocessing.crop as f32;
+    card.preprocessing.resize_shorter = (crop as f32 * ratio).round() as u32;
+    card.preprocessing.crop = crop;
+    let weights = root().join("weights/model.safetensors");
+    let checkpoint = Checkpoint::from_file(&weights, &Device::Cpu).unwrap();
+    Classifier::new(checkpoint, Some(&card), &Device::Cpu).unwrap()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+struct CropResult {
+    crop: u32,
+    /// Per stage, its median over images and repeats.
+    stages: StageTimes,
+    /// Median of the whole per-image time.
+    total: f64,
+    /// Median of stem .. head.
+    forward: f64,
+}
+
+const FORWARD_STAGES: [&str; 6] = ["stem", "layer1", "layer2", "layer3", "layer4", "head"];
+
+/// Times every image `REPEATS` times after one warm-up and writes the inputs and logits for the
+/// peer to `out`.
+fn bench_crop(card: &ModelCard, crop: u32, images: &[(String, Vec<u8>)], out: &Path) -> CropResult {
+    let classifier = classifier(card, crop);
+    let clock_origin = Instant::now();
+    let clock = move || clock_origin.elapsed().as_secs_f64() * 1000.0;
+    let mut runs: Vec<StageTimes> = Vec::new();
+    let mut inputs = Vec::new();
+    let mut logits = Vec::new();
+    for (_, bytes) in images {
+        let image = decode_rgb(bytes).unwrap();
+        inputs.extend(classifier.preprocessing().apply(&image));
+        logits.extend(classifier.classify_image(&image).unwrap().logits);
+    }
+    for _ in 0..REPEATS {
+        for (_, bytes) in images {
+            let mut watch = Stopwatch::new(&clock);
+            let image = decode_rgb(bytes).unwrap();
+            watch.lap("decode");
+            classifier.classify_image_timed(&image, &mut watch).unwrap();
+            runs.push(watch.into_times());
+        }
+    }
+    let n = images.len();
+    let c = crop as usize;
+    Tensor::from_vec(inputs, (n, 3, c, c), &Device::Cpu)
+        .unwrap()
+        .write_npy(out.join(format!("input-{crop}.npy")))
+        .unwrap();
+    let classes = logits.len() / n;
+    Tensor::from_vec(logits, (n, classes), &Device::Cpu)
+        .unwrap()
+        .write_npy(out.join(format!("logits-{crop}.npy")))
+        .unwrap();
+    let mut stages = StageTimes::default();
+    for (name, _) in &runs[0].0 {
+        stages.add(
+            name,
+            median(runs.iter().filter_map(|r| r.get(name)).collect()),
+        );
+    }
+    let forward = median(
+        runs.iter()
+            .map(|r| FORWARD_STAGES.iter().filter_map(|s| r.get(s)).sum())
+            .collect(),
+    );
+    CropResult {
+        crop,
+        stages,
+        total: median(runs.iter().map(StageTimes::total).collect()),
+        forward,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PeerResult {
+    crop: u32,
+    median_ms: f64,
+    max_logit_diff: f64,
+    onnxruntime: String,
+}
+
+/// onnxruntime's forward pass on the same inputs, or why there is none.
+fn peer(out: &Path, threads: usize) -> Result<Vec<PeerResult>, String> {
+    let script = root().join("scripts/onnx_peer.py");
+    let onnx = out.join("model.onnx");
+    let run = |args: &[&str]| -> Result<String, String> {
+        let output = Command::new("python3")
+            .arg(&script)
+            .args(args)
+            .output()
+            .map_err(|e| format!("python3 could not start: {e}"))?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let weights = root().join("weights/model.safetensors");
+    run(&[
+        "export",
+        &weights.to_string_lossy(),
+        &onnx.to_string_lossy(),
+    ])?;
+    let stdout = run(&[
+        "bench",
+        &onnx.to_string_lossy(),
+        &out.to_string_lossy(),
+        "--threads",
+        &threads.to_string(),
+    ])?;
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).map_err(|e| format!("{e}: {line}")))
+        .collect()
+}
+
+fn print_stages(results: &[CropResult]) {
+    let crops: Vec<String> = results.iter().map(|r| format!("{0}x{0}", r.crop)).collect();
+    println!("| stage (median ms) | {} |", crops.join(" | "));
+    println!("|---|{}", "---|".repeat(results.len()));
+    for (name, _) in &results[0].stages.0 {
+        let cells: Vec<String> = results
+            .iter()
+            .map(|r| format!("{:.1}", r.stages.get(name).unwrap_or(0.0)))
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+    let totals: Vec<String> = results
+        .iter()
+        .map(|r| format!("**{:.1}**", r.total))
+        .collect();
+    println!("| per image, everything | {} |", totals.join(" | "));
+}
+
+fn main() {
+    // The allocator settings `trainer predict` runs with.
+    trainer::keep_freed_memory();
+    let threads = candle_core::utils::get_num_threads();
+    let card =
+        ModelCard::from_json(&std::fs::read_to_string(root().join("weights/model.json")).unwrap())
+            .unwrap();
+    let out = root().join("target/bench/inference");
+    std::fs::create_dir_all(&out).unwrap();
+    let images = images();
+    println!(
+        "shipped model `{}` ({}), {} radiographs of covid19-kaggle/test one at a time, {REPEATS} \
+         repeats, {threads} thread(s)\n",
+        card.name,
+        card.weights.dtype,
+        images.len()
+    );
+    let results: Vec<CropResult> = CROPS
+        .iter()
+        .map(|&crop| bench_crop(&card, crop, &images, &out))
+        .collect();
+    print_stages(&results);
+    println!();
+    match peer(&out, threads) {
+        Err(why) => println!("no onnxruntime column: {}", why.trim()),
+        Ok(peers) => {
+            println!(
+                "| input | ours: everything | ours: forward (stem .. head) | onnxruntime {}: forward | ours forward / onnxruntime | largest logit difference |",
+                peers.first().map(|p| p.onnxruntime.as_str()).unwrap_or("?")
+            );
+            println!("|---|---|---|---|---|---|");
+            for result in &results {
+                let Some(p) = peers.iter().find(|p| p.crop == result.crop) else {
+                    continue;
+                };
+                println!(
+                    "| {0}x{0} | {1:.1} ms | {2:.1} ms | {3:.1} ms | {4:.2}x | {5:.1e} |",
+                    result.crop,
+                    result.total,
+                    result.forward,
+                    p.median_ms,
+                    result.forward / p.median_ms,
+                    p.max_logit_diff
+                );
+            }
+        }
+    }
+}
