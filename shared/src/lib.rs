@@ -2,27 +2,23 @@
 //! model card. The trainer and the web app both build on it, so training and in-browser inference
 //! cannot disagree.
 
-pub mod batch_norm;
 pub mod calibration;
 pub mod cam;
 pub mod card;
 pub mod checkpoint;
 pub mod classifier;
-pub mod conv;
-mod cpu_slice;
 pub mod decode;
 pub mod dicom;
 pub mod error;
 pub mod init;
-pub mod max_pool;
 pub mod metrics;
 pub mod model;
 pub mod ood;
 pub mod operating_point;
+pub mod ops;
 pub mod preprocess;
 pub mod quantize;
 pub mod report;
-pub mod residual;
 pub mod stage_times;
 #[cfg(test)]
 mod test_util;

@@ -1,13 +1,13 @@
 //! ResNet50 (torchvision's `resnet50`, v1.5: the stride sits on the 3x3 convolution) with
 //! torchvision's parameter names, so public checkpoints load as they are.
 
-use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, D};
+use candle_core::{Module, ModuleT, Result, Tensor, D};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
-use crate::batch_norm::batch_norm_train;
-use crate::conv::conv2d_train;
-use crate::max_pool::max_pool_3x3_stride2;
-use crate::residual::add_relu;
+use crate::ops::batch_norm::batch_norm_train;
+use crate::ops::conv::conv2d_train;
+use crate::ops::max_pool::stem_max_pool;
+use crate::ops::residual::add_relu;
 use crate::stage_times::Stopwatch;
 
 /// Width of the pooled feature vector that feeds the classifier head.
@@ -69,33 +69,6 @@ fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
         momentum: BN_MOMENTUM,
     };
     candle_nn::batch_norm(channels, config, vb)
-}
-
-/// Rows `offset, offset + stride, ...` (`count` of them) of dim 2 and the same columns of dim 3,
-/// `x` being padded far enough that `offset + stride * count` fits.
-/// (N, C, H, W) -> (N, C, count_h, count_w)
-pub(crate) fn strided_view(
-    x: &Tensor,
-    (offset_y, offset_x): (usize, usize),
-    (count_h, count_w): (usize, usize),
-    stride: usize,
-) -> Result<Tensor> {
-    let (n, c, _, w) = x.dims4()?;
-    let rows = x.narrow(2, offset_y, stride * count_h)?;
-    let rows = if stride == 1 {
-        rows
-    } else {
-        rows.reshape((n, c, count_h, stride, w))?
-            .narrow(3, 0, 1)?
-            .squeeze(3)?
-    };
-    let cols = rows.narrow(3, offset_x, stride * count_w)?;
-    if stride == 1 {
-        return Ok(cols);
-    }
-    cols.reshape((n, c, count_h, count_w, stride))?
-        .narrow(4, 0, 1)?
-        .squeeze(4)
 }
 
 /// Conv + BN, the unit every part of the network is made of.
@@ -201,41 +174,6 @@ impl Bottleneck {
         };
         add_relu(&out, &identity)
     }
-}
-
-/// The stem's 3x3 max pool, stride 2, padding 1.
-///
-/// Edge replication stands in for PyTorch's -inf padding: every window that reaches into the
-/// padding also holds the edge pixel that was replicated, so the maximum is the same. candle's
-/// `max_pool2d` has no backward when kernel != stride, so training uses a fused op on the CPU
-/// (`max_pool`) and elsewhere takes the maximum of the nine strided views, which autograd handles.
-pub fn stem_max_pool(x: &Tensor, train: bool) -> Result<Tensor> {
-    if train && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
-        return max_pool_3x3_stride2(x);
-    }
-    let (_, _, h, w) = x.dims4()?;
-    let (out_h, out_w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
-    // Enough right/bottom padding that every strided view below has 2 * out rows/cols to fold.
-    let padded =
-        x.pad_with_same(2, 1, 2 * out_h + 1 - h)?
-            .pad_with_same(3, 1, 2 * out_w + 1 - w)?;
-    if !train {
-        return padded
-            .narrow(2, 0, 2 * out_h + 1)?
-            .narrow(3, 0, 2 * out_w + 1)?
-            .max_pool2d_with_stride(3, 2);
-    }
-    let mut pooled: Option<Tensor> = None;
-    for dy in 0..3 {
-        for dx in 0..3 {
-            let view = strided_view(&padded, (dy, dx), (out_h, out_w), 2)?;
-            pooled = Some(match pooled {
-                None => view,
-                Some(acc) => acc.maximum(&view)?,
-            });
-        }
-    }
-    Ok(pooled.expect("the 3x3 window has nine views"))
 }
 
 /// ResNet50 with any number of output classes.

@@ -1,7 +1,7 @@
 //! The stem's differentiable max pool (training) equals candle's `max_pool2d` (eval).
 
 use candle_core::{Device, Tensor};
-use pneumoscope::model::stem_max_pool;
+use pneumoscope::ops::max_pool::stem_max_pool;
 
 #[test]
 fn training_max_pool_equals_eval_max_pool() {

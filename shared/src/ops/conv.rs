@@ -14,8 +14,8 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, T
 use candle_nn::{Conv2d, Conv2dConfig};
 use rayon::prelude::*;
 
-use crate::cpu_slice::contiguous_f32;
-use crate::model::strided_view;
+use crate::ops::cpu_slice::contiguous_f32;
+use crate::ops::strided_view;
 
 /// `conv`'s forward in training mode: the fused op for f32 on the CPU, explicit im2col and one
 /// matmul (whose backward is matmuls too) elsewhere.

@@ -14,8 +14,8 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, ModuleT, Result, Shape,
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
-use crate::cpu_slice::{contiguous_f32, cpu_f32};
-use crate::residual::relu_grad;
+use crate::ops::cpu_slice::{contiguous_f32, cpu_f32};
+use crate::ops::residual::relu_grad;
 
 struct FusedBatchNormTrain {
     eps: f64,

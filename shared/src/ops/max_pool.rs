@@ -5,10 +5,46 @@
 //! times. This op keeps only its input; the backward finds each window's maximum again and routes
 //! the gradient to it, the first maximum in row-major order as PyTorch does.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_slice::contiguous_f32;
+use crate::ops::cpu_slice::contiguous_f32;
+use crate::ops::strided_view;
+
+/// The stem's 3x3 max pool, stride 2, padding 1.
+///
+/// Edge replication stands in for PyTorch's -inf padding: every window that reaches into the
+/// padding also holds the edge pixel that was replicated, so the maximum is the same. candle's
+/// `max_pool2d` has no backward when kernel != stride, so training uses a fused op on the CPU
+/// (`max_pool`) and elsewhere takes the maximum of the nine strided views, which autograd handles.
+pub fn stem_max_pool(x: &Tensor, train: bool) -> Result<Tensor> {
+    if train && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+        return max_pool_3x3_stride2(x);
+    }
+    let (_, _, h, w) = x.dims4()?;
+    let (out_h, out_w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    // Enough right/bottom padding that every strided view below has 2 * out rows/cols to fold.
+    let padded =
+        x.pad_with_same(2, 1, 2 * out_h + 1 - h)?
+            .pad_with_same(3, 1, 2 * out_w + 1 - w)?;
+    if !train {
+        return padded
+            .narrow(2, 0, 2 * out_h + 1)?
+            .narrow(3, 0, 2 * out_w + 1)?
+            .max_pool2d_with_stride(3, 2);
+    }
+    let mut pooled: Option<Tensor> = None;
+    for dy in 0..3 {
+        for dx in 0..3 {
+            let view = strided_view(&padded, (dy, dx), (out_h, out_w), 2)?;
+            pooled = Some(match pooled {
+                None => view,
+                Some(acc) => acc.maximum(&view)?,
+            });
+        }
+    }
+    Ok(pooled.expect("the 3x3 window has nine views"))
+}
 
 /// (N, C, H, W) -> (N, C, (H-1)/2+1, (W-1)/2+1), for f32 on the CPU.
 pub(crate) fn max_pool_3x3_stride2(x: &Tensor) -> Result<Tensor> {

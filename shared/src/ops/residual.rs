@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_slice::contiguous_f32;
+use crate::ops::cpu_slice::contiguous_f32;
 
 /// Values per parallel task: large enough that scheduling costs nothing next to the work.
 const CHUNK: usize = 1 << 16;
