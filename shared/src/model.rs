@@ -6,6 +6,7 @@ use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBui
 
 use crate::ops::batch_norm::batch_norm_train;
 use crate::ops::conv::conv2d_train;
+use crate::ops::conv_infer::conv2d_infer;
 use crate::ops::max_pool::stem_max_pool;
 use crate::ops::residual::add_relu;
 use crate::stage_times::Stopwatch;
@@ -113,14 +114,22 @@ impl ConvBn {
             }
             return batch_norm_train(&self.bn, &conv2d_train(x, &self.conv)?, relu);
         }
-        let y = match &self.folded {
-            Some(folded) => folded.forward(x)?,
-            None => self.bn.forward_t(&self.conv.forward(x)?, false)?,
-        };
+        if let Some(folded) = &self.folded {
+            return conv2d_infer(x, folded, None, relu);
+        }
+        let y = self.bn.forward_t(&self.conv.forward(x)?, false)?;
         if relu {
             y.relu()
         } else {
             Ok(y)
+        }
+    }
+
+    /// relu(conv-bn(x) + identity), the bottleneck's last unit, in one pass once folded.
+    fn forward_residual(&self, x: &Tensor, identity: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.folded {
+            Some(folded) if !train => conv2d_infer(x, folded, Some(identity), true),
+            _ => add_relu(&self.forward_t(x, train, false)?, identity),
         }
     }
 }
@@ -167,12 +176,11 @@ impl Bottleneck {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let out = self.reduce.forward_t(x, train, true)?;
         let out = self.spatial.forward_t(&out, train, true)?;
-        let out = self.expand.forward_t(&out, train, false)?;
         let identity = match &self.downsample {
             Some(downsample) => downsample.forward_t(x, train, false)?,
             None => x.clone(),
         };
-        add_relu(&out, &identity)
+        self.expand.forward_residual(&out, &identity, train)
     }
 }
 

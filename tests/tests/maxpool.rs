@@ -1,18 +1,30 @@
-//! The stem's differentiable max pool (training) equals candle's `max_pool2d` (eval).
+//! The stem's max pool: the fused CPU op equals candle's `max_pool2d` (the eval form on other
+//! devices) and the maximum of nine strided views (the training form there).
 
 use candle_core::{Device, Tensor};
-use pneumoscope::ops::max_pool::stem_max_pool;
+use pneumoscope::ops::max_pool::{stem_max_pool, stem_max_pool_by_tensor_ops};
 
 #[test]
-fn training_max_pool_equals_eval_max_pool() {
+fn fused_max_pool_equals_both_tensor_op_forms() {
     for (h, w) in [(112, 112), (113, 111), (7, 9), (2, 2), (1, 1)] {
         let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &Device::Cpu).unwrap();
-        let train = stem_max_pool(&x, true).unwrap();
-        let eval = stem_max_pool(&x, false).unwrap();
-        assert_eq!(train.dims(), eval.dims(), "{h}x{w}");
-        assert_eq!(train.dims()[2..], [(h - 1) / 2 + 1, (w - 1) / 2 + 1]);
-        let diff = (train - eval).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{h}x{w}");
+        let fused = stem_max_pool(&x, false).unwrap();
+        assert_eq!(fused.dims()[2..], [(h - 1) / 2 + 1, (w - 1) / 2 + 1]);
+        for train in [false, true] {
+            let reference = stem_max_pool_by_tensor_ops(&x, train).unwrap();
+            assert_eq!(fused.dims(), reference.dims(), "{h}x{w}");
+            let diff = (&fused - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert_eq!(
+                diff.to_scalar::<f32>().unwrap(),
+                0.0,
+                "{h}x{w} train {train}"
+            );
+        }
     }
 }
 

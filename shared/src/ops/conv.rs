@@ -37,12 +37,12 @@ pub fn conv2d_train(x: &Tensor, conv: &Conv2d) -> Result<Tensor> {
 
 /// The shapes of one convolution.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    batch: usize,
+pub(super) struct Geometry {
+    pub(super) batch: usize,
     c_in: usize,
     h: usize,
     w: usize,
-    c_out: usize,
+    pub(super) c_out: usize,
     k: usize,
     stride: usize,
     padding: usize,
@@ -51,7 +51,7 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(
+    pub(super) fn new(
         (batch, c_in, h, w): (usize, usize, usize, usize),
         (c_out, c_in_k, k, k_w): (usize, usize, usize, usize),
         config: Conv2dConfig,
@@ -79,17 +79,17 @@ impl Geometry {
     }
 
     /// Values in one image of the input.
-    fn in_len(&self) -> usize {
+    pub(super) fn in_len(&self) -> usize {
         self.c_in * self.h * self.w
     }
 
     /// Output positions per channel, the columns of the patch matrix.
-    fn positions(&self) -> usize {
+    pub(super) fn positions(&self) -> usize {
         self.out_h * self.out_w
     }
 
     /// Values in one patch, the rows of the patch matrix (and the columns of the flat weight).
-    fn patch_len(&self) -> usize {
+    pub(super) fn patch_len(&self) -> usize {
         self.c_in * self.k * self.k
     }
 
@@ -102,7 +102,7 @@ impl Geometry {
         Shape::from((self.c_out, self.c_in, self.k, self.k))
     }
 
-    fn output(&self) -> Shape {
+    pub(super) fn output(&self) -> Shape {
         Shape::from((self.batch, self.c_out, self.out_h, self.out_w))
     }
 
@@ -201,7 +201,11 @@ impl Geometry {
 
     /// The wide patch matrix (C_in*k*k, n*H_out*W_out) of a group of `n` images; a pointwise
     /// convolution's single image is its own patch matrix.
-    fn group_patches<'a>(&self, images: &'a [f32], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+    pub(super) fn group_patches<'a>(
+        &self,
+        images: &'a [f32],
+        scratch: &'a mut Vec<f32>,
+    ) -> &'a [f32] {
         if self.is_pointwise() {
             return to_wide(images, self.c_in, self.positions(), scratch);
         }
@@ -270,7 +274,7 @@ fn matmul_into_images(
 
 /// A strided view of a slice as a matrix.
 #[derive(Clone, Copy)]
-struct Matrix<'a> {
+pub(super) struct Matrix<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
@@ -279,7 +283,7 @@ struct Matrix<'a> {
 }
 
 impl<'a> Matrix<'a> {
-    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub(super) fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Self {
             data,
             rows,
@@ -311,6 +315,17 @@ impl<'a> Matrix<'a> {
 /// `dst` (row-major) = lhs @ rhs, or `dst += lhs @ rhs` when `accumulate`; on the calling
 /// thread (the images are already spread over threads).
 fn matmul(dst: &mut [f32], lhs: Matrix, rhs: Matrix, accumulate: bool) {
+    matmul_with(dst, lhs, rhs, accumulate, gemm::Parallelism::None)
+}
+
+/// `matmul` with gemm's own threading.
+pub(super) fn matmul_with(
+    dst: &mut [f32],
+    lhs: Matrix,
+    rhs: Matrix,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     assert!(lhs.cols == rhs.rows && lhs.in_bounds() && rhs.in_bounds());
     assert_eq!(dst.len(), lhs.rows * rhs.cols);
     // SAFETY: the asserts keep every index gemm computes from the strides inside the slices.
@@ -334,7 +349,7 @@ fn matmul(dst: &mut [f32], lhs: Matrix, rhs: Matrix, accumulate: bool) {
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }

@@ -1,4 +1,4 @@
-//! The stem's 3x3, stride-2, padding-1 max pool for training, as one CPU op.
+//! The stem's 3x3, stride-2, padding-1 max pool as one CPU op (training and inference).
 //!
 //! candle's `max_pool2d` has no backward when kernel != stride; the maximum of nine strided views
 //! (the form other devices use) makes autograd pad, copy and mask the stem's activation dozens of
@@ -11,16 +11,23 @@ use rayon::prelude::*;
 use crate::ops::cpu_slice::contiguous_f32;
 use crate::ops::strided_view;
 
-/// The stem's 3x3 max pool, stride 2, padding 1.
+/// The stem's 3x3 max pool, stride 2, padding 1: the fused op for f32 on the CPU (training and
+/// inference), candle's tensor ops elsewhere.
+/// (N, C, H, W) -> (N, C, (H-1)/2+1, (W-1)/2+1)
+pub fn stem_max_pool(x: &Tensor, train: bool) -> Result<Tensor> {
+    if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+        return max_pool_3x3_stride2(x);
+    }
+    stem_max_pool_by_tensor_ops(x, train)
+}
+
+/// The same pool from candle's ops.
 ///
 /// Edge replication stands in for PyTorch's -inf padding: every window that reaches into the
 /// padding also holds the edge pixel that was replicated, so the maximum is the same. candle's
-/// `max_pool2d` has no backward when kernel != stride, so training uses a fused op on the CPU
-/// (`max_pool`) and elsewhere takes the maximum of the nine strided views, which autograd handles.
-pub fn stem_max_pool(x: &Tensor, train: bool) -> Result<Tensor> {
-    if train && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
-        return max_pool_3x3_stride2(x);
-    }
+/// `max_pool2d` has no backward when kernel != stride, so training takes the maximum of the nine
+/// strided views, which autograd handles.
+pub fn stem_max_pool_by_tensor_ops(x: &Tensor, train: bool) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let (out_h, out_w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
     // Enough right/bottom padding that every strided view below has 2 * out rows/cols to fold.

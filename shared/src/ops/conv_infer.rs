@@ -1,0 +1,223 @@
+//! Inference-mode convolution as one CPU op: a convolution whose batch norm is folded into its
+//! weight and bias, with the bottleneck's residual and the ReLU applied in the same pass.
+//!
+//! candle's `conv2d` copies its input into an im2col matrix even for 1x1 convolutions, writes
+//! its product channels-last and transposes it back, and the bias add, residual add and ReLU are
+//! three more full passes with three more buffers. Here each image's output starts as bias (plus
+//! residual), one threaded gemm accumulates the product into it (a 1x1 stride-1 convolution
+//! reads the image itself as its patch matrix), and the ReLU runs over it while it is in cache.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_nn::Conv2d;
+
+use rayon::prelude::*;
+
+use crate::ops::conv::{matmul_with, Geometry, Matrix};
+use crate::ops::cpu_slice::contiguous_f32;
+
+/// relu?(conv(x) + bias + residual?) for a convolution with a bias (a folded batch norm).
+/// (N, C_in, H, W) -> (N, C_out, H_out, W_out); `residual` has the output's shape.
+pub fn conv2d_infer(
+    x: &Tensor,
+    conv: &Conv2d,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let Some(bias) = conv.bias() else {
+        candle_core::bail!("conv2d_infer needs a convolution with a bias (a folded batch norm)")
+    };
+    let config = *conv.config();
+    let fusable = matches!(x.device(), Device::Cpu)
+        && x.dtype() == DType::F32
+        && config.groups == 1
+        && config.dilation == 1;
+    if !fusable {
+        return by_tensor_ops(x, conv, residual, relu);
+    }
+    let op = ConvInfer {
+        geometry: Geometry::new(x.dims4()?, conv.weight().dims4()?, config)?,
+        bias: bias.to_vec1()?,
+        relu,
+    };
+    let x = x.contiguous()?;
+    let weight = conv.weight().contiguous()?;
+    match residual {
+        Some(residual) => x.apply_op3_no_bwd(&weight, &residual.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(&weight, &op),
+    }
+}
+
+/// The same arithmetic from candle's ops, for other devices and dtypes.
+fn by_tensor_ops(
+    x: &Tensor,
+    conv: &Conv2d,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    use candle_core::Module;
+    let y = conv.forward(x)?;
+    let y = match residual {
+        Some(residual) => (y + residual)?,
+        None => y,
+    };
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
+}
+
+struct ConvInfer {
+    geometry: Geometry,
+    bias: Vec<f32>,
+    relu: bool,
+}
+
+/// Threads for one image's product: candle's count natively (RAYON_NUM_THREADS), one in the
+/// page's worker.
+fn threads() -> usize {
+    if cfg!(target_arch = "wasm32") {
+        1
+    } else {
+        candle_core::utils::get_num_threads()
+    }
+}
+
+impl ConvInfer {
+    fn run(&self, x: &[f32], weight: &[f32], residual: Option<&[f32]>) -> (CpuStorage, Shape) {
+        let g = self.geometry;
+        let positions = g.positions();
+        let out_len = g.c_out * positions;
+        let weight_rows = weight;
+        let mut y = vec![0f32; g.batch * out_len];
+        let mut scratch = Vec::new();
+        for (i, (y, image)) in y.chunks_mut(out_len).zip(x.chunks(g.in_len())).enumerate() {
+            for (c, row) in y.chunks_mut(positions).enumerate() {
+                match residual {
+                    Some(residual) => {
+                        let start = i * out_len + c * positions;
+                        for (value, &r) in row.iter_mut().zip(&residual[start..start + positions]) {
+                            *value = r + self.bias[c];
+                        }
+                    }
+                    None => row.fill(self.bias[c]),
+                }
+            }
+            let patches = g.group_patches(image, &mut scratch);
+            let patches = Matrix::row_major(patches, g.patch_len(), positions);
+            // Each thread takes a band of output channels: every band reads the whole patch
+            // matrix but writes only its own rows, and gemm runs single-threaded inside it.
+            let band = g.c_out.div_ceil(threads()).max(1);
+            y.par_chunks_mut(band * positions)
+                .zip(weight_rows.par_chunks(band * g.patch_len()))
+                .for_each(|(y, rows)| {
+                    let rows = Matrix::row_major(rows, rows.len() / g.patch_len(), g.patch_len());
+                    matmul_with(y, rows, patches, true, gemm::Parallelism::None);
+                    if self.relu {
+                        y.iter_mut().for_each(|v| *v = v.max(0.0));
+                    }
+                });
+        }
+        (CpuStorage::F32(y), g.output())
+    }
+}
+
+impl CustomOp2 for ConvInfer {
+    fn name(&self) -> &'static str {
+        "conv2d-infer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok(self.run(contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?, None))
+    }
+}
+
+impl CustomOp3 for ConvInfer {
+    fn name(&self) -> &'static str {
+        "conv2d-infer-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let residual = contiguous_f32(s3, l3)?;
+        Ok(self.run(
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            Some(residual),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::max_diff_and_scale;
+    use candle_nn::Conv2dConfig;
+
+    /// The fused op against candle's conv2d, bias add, residual add and ReLU.
+    fn check(batch: usize, c_in: usize, size: usize, c_out: usize, k: usize, stride: usize) {
+        let device = Device::Cpu;
+        let padding = k / 2;
+        let x = Tensor::randn(0f32, 1.0, (batch, c_in, size, size), &device).unwrap();
+        let weight = Tensor::randn(0f32, 0.3, (c_out, c_in, k, k), &device).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, c_out, &device).unwrap();
+        let config = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(weight, Some(bias), config);
+        let out = (size + 2 * padding - k) / stride + 1;
+        let residual = Tensor::randn(0f32, 1.0, (batch, c_out, out, out), &device).unwrap();
+        for (residual, relu) in [(None, false), (None, true), (Some(&residual), true)] {
+            let fused = conv2d_infer(&x, &conv, residual, relu).unwrap();
+            let reference = by_tensor_ops(&x, &conv, residual, relu).unwrap();
+            assert_eq!(fused.dims(), reference.dims());
+            let (diff, scale) = max_diff_and_scale(&fused, &reference);
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "k {k} stride {stride} batch {batch} residual {} relu {relu}: {diff} of {scale}",
+                residual.is_some()
+            );
+        }
+    }
+
+    #[test]
+    fn pointwise_convolutions_match_candle() {
+        check(1, 16, 7, 24, 1, 1);
+        check(3, 8, 5, 4, 1, 1);
+    }
+
+    #[test]
+    fn strided_and_spatial_convolutions_match_candle() {
+        check(1, 8, 9, 16, 3, 1);
+        check(2, 8, 9, 16, 3, 2);
+        check(2, 8, 10, 16, 1, 2);
+        check(1, 3, 15, 8, 7, 2);
+    }
+
+    #[test]
+    fn a_convolution_without_bias_is_refused() {
+        let device = Device::Cpu;
+        let conv = Conv2d::new(
+            Tensor::zeros((2, 2, 1, 1), DType::F32, &device).unwrap(),
+            None,
+            Default::default(),
+        );
+        let x = Tensor::zeros((1, 2, 3, 3), DType::F32, &device).unwrap();
+        assert!(conv2d_infer(&x, &conv, None, false).is_err());
+    }
+}
