@@ -14,10 +14,11 @@ pub const ARCHITECTURE: &str = "resnet50 (torchvision v1.5 layout and parameter 
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,7 +161,12 @@ impl ModelCard {
 
     /// Checks that `weights` are the bytes this card describes.
     pub fn verify_weights(&self, weights: &[u8]) -> Result<()> {
-        let found = sha256_hex(weights);
+        self.verify_weights_digest(&Sha256::digest(weights))
+    }
+
+    /// Checks a SHA-256 digest computed elsewhere (the browser's SubtleCrypto) against the card.
+    pub fn verify_weights_digest(&self, sha256: &[u8]) -> Result<()> {
+        let found = hex(sha256);
         if found != self.weights.sha256 {
             return Err(Error::Checkpoint(format!(
                 "SHA-256 mismatch: the card expects {} but the weights are {found}; \

@@ -1,38 +1,145 @@
-// Browser benchmark (not a test): cold start and time per image in headless Chromium.
-//   DIST=target/browser/dist IMAGES=a.jpeg:b.jpeg:... node bench.mjs
-// Cold start: page load to the first result, fresh profile (no caches, no service worker).
-// Per image: the worker's own timing (decode + preprocess + forward + maps), a second batch.
-import { basename } from "node:path";
+// Browser benchmark (not a test): our page beside onnxruntime-web, same Chromium, same weights.
+//   cargo bench -p trainer --bench inference     (writes PEER: model.onnx, inputs, our logits)
+//   DIST=target/bench-dist IMAGES=a.jpeg:b.jpeg:... [CROPS=112,144,224] [PEER=dir] node bench.mjs
+// Ours: cold start (page load to the first result, fresh profile) at the card's input size, then
+// per image the worker's own timing of everything it does, stage by stage, at each of CROPS (the
+// card's preprocessing moved to that size). onnxruntime-web: its forward pass alone, one thread
+// (SIMD), on the inputs our native preprocessing made, with its logits checked against ours.
+import { readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { serve, launch, modelState, finishedItems } from "./harness.mjs";
 
+const HERE = dirname(fileURLToPath(import.meta.url));
 const IMAGES = (process.env.IMAGES ?? "").split(":").filter(Boolean);
 if (!process.env.DIST || IMAGES.length === 0) throw new Error("set DIST and IMAGES");
-const server = await serve(process.env.DIST);
+const DIST = process.env.DIST;
+const PEER = process.env.PEER ?? resolve(HERE, "../../target/bench/inference");
+const ORT_DIST = join(HERE, "node_modules/onnxruntime-web/dist");
+const card = JSON.parse(readFileSync(join(DIST, "model.json"), "utf8"));
+const shipped = card.preprocessing.crop;
+const CROPS = (process.env.CROPS ?? `${shipped}`).split(",").map(Number);
+const FORWARD = ["stem", "layer1", "layer2", "layer3", "layer4", "head"];
+
+const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+
+/** The card with its preprocessing moved to `crop`, the resize keeping the card's ratio. */
+function cardAt(crop) {
+  const moved = structuredClone(card);
+  const ratio = card.preprocessing.resize_shorter / card.preprocessing.crop;
+  moved.preprocessing.resize_shorter = Math.round(crop * ratio);
+  moved.preprocessing.crop = crop;
+  return JSON.stringify(moved);
+}
+
+async function ours(browser, crop) {
+  const server = await serve(DIST, { overrides: { "/model.json": cardAt(crop) } });
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const start = performance.now();
+  await page.goto(server.origin);
+  await page.getByTestId("file-input").setInputFiles([IMAGES[0]]);
+  if ((await modelState(page)) !== "ready") throw new Error("the model did not load");
+  const ready = performance.now() - start;
+  await finishedItems(page, 1);
+  const first = performance.now() - start;
+  const loadStages = JSON.parse(await page.getByTestId("model-status").getAttribute("data-load-stages"));
+  await page.getByTestId("file-input").setInputFiles(IMAGES);
+  const items = (await finishedItems(page, IMAGES.length + 1)).slice(1);
+  const failed = items.filter((i) => i.status !== "done");
+  if (failed.length) throw new Error(`not classified: ${failed.map((i) => i.name).join(", ")}`);
+  const stages = {};
+  for (const name of Object.keys(items[0].stages)) stages[name] = median(items.map((i) => i.stages[name] ?? 0));
+  await context.close();
+  await server.close();
+  return {
+    crop,
+    ready,
+    first,
+    loadStages,
+    stages,
+    perImage: median(items.map((i) => i.millis)),
+    forward: median(items.map((i) => FORWARD.reduce((sum, s) => sum + (i.stages[s] ?? 0), 0))),
+  };
+}
+
+const PEER_PAGE = `<!doctype html><meta charset="utf-8"><title>onnxruntime-web peer</title>
+<script src="/ort/ort.wasm.min.js"></script>`;
+
+/** onnxruntime-web's forward pass on our preprocessed inputs, one thread, in a page of its own. */
+async function peer(browser, crop) {
+  const server = await serve(PEER, { mounts: { "/ort/": ORT_DIST }, overrides: { "/index.html": PEER_PAGE } });
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${server.origin}/index.html`);
+  const result = await page.evaluate(async (crop) => {
+    // .npy: magic, version, header length (u16 in v1, u32 in v2), a header, little-endian f32.
+    const npy = async (url) => {
+      const buffer = await (await fetch(url)).arrayBuffer();
+      const view = new DataView(buffer);
+      const v1 = view.getUint8(6) === 1;
+      const headerLength = v1 ? view.getUint16(8, true) : view.getUint32(8, true);
+      const offset = (v1 ? 10 : 12) + headerLength;
+      const header = new TextDecoder().decode(new Uint8Array(buffer, 0, offset));
+      const shape = header.match(/shape': \(([^)]*)\)/)[1].split(",").filter((s) => s.trim()).map(Number);
+      return { shape, data: new Float32Array(buffer.slice(offset)) };
+    };
+    /* global ort */
+    ort.env.wasm.numThreads = 1;
+    ort.env.wasm.wasmPaths = "/ort/";
+    const session = await ort.InferenceSession.create("/model.onnx", {
+      executionProviders: ["wasm"],
+      graphOptimizationLevel: "all",
+    });
+    const input = await npy(`/input-${crop}.npy`);
+    const logits = await npy(`/logits-${crop}.npy`);
+    const [n, , , ] = input.shape;
+    const per = input.data.length / n;
+    const classes = logits.data.length / n;
+    const run = (i) =>
+      session.run({ image: new ort.Tensor("float32", input.data.subarray(i * per, (i + 1) * per), [1, 3, crop, crop]) });
+    let maxDiff = 0;
+    for (let i = 0; i < n; i++) {
+      const out = (await run(i)).logits.data;
+      for (let c = 0; c < classes; c++) maxDiff = Math.max(maxDiff, Math.abs(out[c] - logits.data[i * classes + c]));
+    }
+    const times = [];
+    for (let i = 0; i < n; i++) {
+      const t = performance.now();
+      await run(i);
+      times.push(performance.now() - t);
+    }
+    times.sort((a, b) => a - b);
+    return { median: times[Math.floor(n / 2)], maxDiff, version: ort.env.versions?.web ?? "?" };
+  }, crop);
+  await context.close();
+  await server.close();
+  return result;
+}
+
 const browser = await launch();
-const page = await (await browser.newContext()).newPage();
+const results = [];
+for (const crop of CROPS) results.push({ ours: await ours(browser, crop), peer: await peer(browser, crop) });
 
-const start = performance.now();
-await page.goto(server.origin);
-await page.getByTestId("file-input").setInputFiles([IMAGES[0]]);
-if ((await modelState(page)) !== "ready") throw new Error("the model did not load");
-const loaded = performance.now();
-await finishedItems(page, 1);
-const first = performance.now();
-
-await page.getByTestId("file-input").setInputFiles(IMAGES);
-const items = (await finishedItems(page, IMAGES.length + 1)).slice(1);
-const times = items.map((i) => i.millis).sort((a, b) => a - b);
-const mean = times.reduce((a, b) => a + b, 0) / times.length;
-const card = JSON.parse(await (await fetch(`${server.origin}/model.json`)).text());
-const crop = card.preprocessing.crop;
-
-console.log(`| measure (headless Chromium ${browser.version()}, ${IMAGES.length} images, ${crop}x${crop}) | ms |`);
-console.log("|---|---|");
-console.log(`| cold start: page load to model ready (${(card.weights.bytes / 1048576).toFixed(1)} MB weights, localhost) | ${(loaded - start).toFixed(0)} |`);
-console.log(`| cold start: page load to first result | ${(first - start).toFixed(0)} |`);
-console.log(`| per image, mean (decode + preprocess + forward + maps, in the worker) | ${mean.toFixed(0)} |`);
-console.log(`| per image, median | ${times[Math.floor(times.length / 2)].toFixed(0)} |`);
-console.log(`| per image, min / max | ${times[0].toFixed(0)} / ${times.at(-1).toFixed(0)} |`);
-console.log(`images: ${items.map((i) => basename(i.name)).join(", ")}`);
+const cold = results.find((r) => r.ours.crop === shipped)?.ours;
+console.log(`headless Chromium ${browser.version()}, ${IMAGES.length} images, localhost, this machine\n`);
+if (cold) {
+  console.log(`| cold start at ${shipped}x${shipped} (${(card.weights.bytes / 1048576).toFixed(1)} MB ${card.weights.dtype}) | ms |`);
+  console.log("|---|---|");
+  for (const [name, ms] of cold.loadStages) console.log(`| - ${name} | ${ms.toFixed(0)} |`);
+  console.log(`| page load to model ready | ${cold.ready.toFixed(0)} |`);
+  console.log(`| page load to first result | **${cold.first.toFixed(0)}** |\n`);
+}
+const crops = results.map((r) => `${r.ours.crop}x${r.ours.crop}`);
+console.log(`| stage in the worker (median ms) | ${crops.join(" | ")} |`);
+console.log(`|---|${"---|".repeat(results.length)}`);
+for (const name of Object.keys(results[0].ours.stages)) {
+  console.log(`| ${name} | ${results.map((r) => (r.ours.stages[name] ?? 0).toFixed(1)).join(" | ")} |`);
+}
+console.log(`| per image, everything | ${results.map((r) => `**${r.ours.perImage.toFixed(1)}**`).join(" | ")} |\n`);
+console.log(`| input | ours: everything | ours: forward | onnxruntime-web ${results[0].peer.version}: forward (1 thread) | ours everything / onnxruntime-web | largest logit difference |`);
+console.log("|---|---|---|---|---|---|");
+for (const { ours: o, peer: p } of results) {
+  console.log(`| ${o.crop}x${o.crop} | ${o.perImage.toFixed(1)} ms | ${o.forward.toFixed(1)} ms | ${p.median.toFixed(1)} ms | ${(o.perImage / p.median).toFixed(2)}x | ${p.maxDiff.toExponential(1)} |`);
+}
 await browser.close();
-await server.close();

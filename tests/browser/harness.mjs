@@ -26,8 +26,12 @@ const TYPES = {
   ".png": "image/png",
 };
 
-/** A static file server for `root` on 127.0.0.1 and a free port; it logs every request. */
-export async function serve(root) {
+/**
+ * A static file server for `root` on 127.0.0.1 and a free port; it logs every request.
+ * `mounts` serves other folders under URL prefixes ({"/ort/": dir}); `overrides` answers single
+ * paths with given bytes ({"/model.json": text}).
+ */
+export async function serve(root, { mounts = {}, overrides = {} } = {}) {
   const base = resolve(root);
   const log = [];
   const server = createServer(async (request, response) => {
@@ -35,8 +39,17 @@ export async function serve(root) {
     for await (const chunk of request) chunks.push(chunk);
     log.push({ method: request.method, url: request.url, bodyBytes: Buffer.concat(chunks).length });
     const path = decodeURIComponent(new URL(request.url, "http://x").pathname);
-    let file = normalize(join(base, path === "/" ? "index.html" : path));
-    if (!file.startsWith(base)) {
+    if (path in overrides) {
+      const body = Buffer.from(overrides[path]);
+      response.writeHead(200, { "content-type": TYPES[extname(path)] ?? "application/octet-stream", "content-length": body.length, "cache-control": "no-cache" });
+      response.end(body);
+      return;
+    }
+    const mount = Object.keys(mounts).find((prefix) => path.startsWith(prefix));
+    const dir = mount ? resolve(mounts[mount]) : base;
+    const relative = mount ? path.slice(mount.length) : path;
+    let file = normalize(join(dir, relative === "/" ? "index.html" : relative));
+    if (!file.startsWith(dir)) {
       response.writeHead(403).end();
       return;
     }
@@ -91,6 +104,7 @@ export async function finishedItems(page, count, timeout = 300_000) {
       probabilities: item.dataset.probabilities ? JSON.parse(item.dataset.probabilities) : null,
       topMap: item.dataset.topMap ? JSON.parse(item.dataset.topMap) : null,
       millis: item.dataset.millis ? Number(item.dataset.millis) : null,
+      stages: item.dataset.stages ? Object.fromEntries(JSON.parse(item.dataset.stages)) : null,
       shown: [...item.querySelectorAll("[data-testid=probability] .value")].map((v) =>
         Number(v.textContent.replace("%", "")) / 100,
       ),

@@ -225,3 +225,28 @@ fn another_architecture_is_rejected_by_name() {
         "{err}"
     );
 }
+
+/// The card's SHA-256 check, whether the page hashes in wasm or hands a digest from SubtleCrypto:
+/// the shipped weights pass both ways, one changed byte fails both ways, naming both hashes.
+#[test]
+fn the_card_checks_weights_and_digests_alike() {
+    use sha2::{Digest, Sha256};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../weights");
+    let card = pneumoscope::ModelCard::from_json(
+        &std::fs::read_to_string(root.join("model.json")).unwrap(),
+    )
+    .unwrap();
+    let mut weights = std::fs::read(root.join(&card.weights.file)).unwrap();
+    card.verify_weights(&weights).unwrap();
+    card.verify_weights_digest(&Sha256::digest(&weights))
+        .unwrap();
+    let middle = weights.len() / 2;
+    weights[middle] ^= 1;
+    let by_bytes = card.verify_weights(&weights).unwrap_err().to_string();
+    let by_digest = card
+        .verify_weights_digest(&Sha256::digest(&weights))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(by_bytes, by_digest);
+    assert!(by_bytes.contains(&card.weights.sha256), "{by_bytes}");
+}

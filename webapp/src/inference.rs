@@ -223,7 +223,11 @@ async fn read_with_progress(response: Response) -> Result<Vec<u8>, String> {
         }
         let value = js_sys::Reflect::get(&chunk, &"value".into())
             .map_err(|e| js_error("downloading the weights failed", e))?;
-        bytes.extend_from_slice(&Uint8Array::new(&value).to_vec());
+        // Straight from the chunk into the buffer, without a temporary copy.
+        let chunk = Uint8Array::new(&value);
+        let start = bytes.len();
+        bytes.resize(start + chunk.length() as usize, 0);
+        chunk.copy_to(&mut bytes[start..]);
         let loaded = bytes.len() as u64;
         if loaded - reported >= 1 << 20 {
             reported = loaded;
@@ -235,6 +239,28 @@ async fn read_with_progress(response: Response) -> Result<Vec<u8>, String> {
         total,
     });
     Ok(bytes)
+}
+
+/// SHA-256 of the weights against the card: the browser's SubtleCrypto (native code, several
+/// times faster than hashing in wasm) where the page has it, which is in secure contexts only
+/// (https, localhost); the wasm hash elsewhere.
+async fn verify_weights(card: &ModelCard, weights: &[u8]) -> Result<(), String> {
+    let subtle = scope()
+        .crypto()
+        .ok()
+        .map(|crypto| crypto.subtle())
+        .filter(|subtle| !subtle.is_undefined());
+    let Some(subtle) = subtle else {
+        return card.verify_weights(weights).map_err(|e| e.to_string());
+    };
+    let promise = subtle
+        .digest_with_str_and_u8_array("SHA-256", weights)
+        .map_err(|e| js_error("hashing the weights", e))?;
+    let digest = JsFuture::from(promise)
+        .await
+        .map_err(|e| js_error("hashing the weights", e))?;
+    card.verify_weights_digest(&Uint8Array::new(&digest).to_vec())
+        .map_err(|e| e.to_string())
 }
 
 async fn load() -> Result<(Classifier, ModelCard, StageTimes), String> {
@@ -254,7 +280,7 @@ async fn load() -> Result<(Classifier, ModelCard, StageTimes), String> {
     let weights_url = same_origin_file(&card.weights.file)?;
     let weights = read_with_progress(fetch(weights_url).await?).await?;
     watch.lap("download");
-    card.verify_weights(&weights).map_err(|e| e.to_string())?;
+    verify_weights(&card, &weights).await?;
     watch.lap("sha256");
     let classifier =
         classifier_from_bytes(&weights, Some(&card), &Device::Cpu).map_err(|e| e.to_string())?;
