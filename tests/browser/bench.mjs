@@ -5,10 +5,12 @@
 // per image the worker's own timing of everything it does, stage by stage, at each of CROPS (the
 // card's preprocessing moved to that size). onnxruntime-web: its forward pass alone, one thread
 // (SIMD), on the inputs our native preprocessing made, with its logits checked against ours.
-import { readFileSync } from "node:fs";
+// onnxruntime-web is not in package.json (139 MB, benchmark only):
+//   (cd tests/browser && npm install --no-save onnxruntime-web@1.30.0)
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { serve, launch, modelState, finishedItems } from "./harness.mjs";
+import { serve, launch, modelState, finishedItems, workersReady } from "./harness.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const IMAGES = (process.env.IMAGES ?? "").split(":").filter(Boolean);
@@ -44,8 +46,12 @@ async function ours(browser, crop) {
   await finishedItems(page, 1);
   const first = performance.now() - start;
   const loadStages = JSON.parse(await page.getByTestId("model-status").getAttribute("data-load-stages"));
+  const workers = await page.evaluate(() => Math.min(navigator.hardwareConcurrency, 4));
+  await workersReady(page, workers);
+  const batchStart = performance.now();
   await page.getByTestId("file-input").setInputFiles(IMAGES);
-  const items = (await finishedItems(page, IMAGES.length + 1)).slice(1);
+  const items = (await finishedItems(page, IMAGES.length + 1, 300_000, 10)).slice(1);
+  const batch = performance.now() - batchStart;
   const failed = items.filter((i) => i.status !== "done");
   if (failed.length) throw new Error(`not classified: ${failed.map((i) => i.name).join(", ")}`);
   const stages = {};
@@ -59,6 +65,8 @@ async function ours(browser, crop) {
     loadStages,
     stages,
     perImage: median(items.map((i) => i.millis)),
+    workers,
+    batch,
     forward: median(items.map((i) => FORWARD.reduce((sum, s) => sum + (i.stages[s] ?? 0), 0))),
   };
 }
@@ -119,7 +127,10 @@ async function peer(browser, crop) {
 
 const browser = await launch();
 const results = [];
-for (const crop of CROPS) results.push({ ours: await ours(browser, crop), peer: await peer(browser, crop) });
+const hasPeer = existsSync(ORT_DIST) && existsSync(join(PEER, "model.onnx"));
+for (const crop of CROPS) {
+  results.push({ ours: await ours(browser, crop), peer: hasPeer ? await peer(browser, crop) : null });
+}
 
 const cold = results.find((r) => r.ours.crop === shipped)?.ours;
 console.log(`headless Chromium ${browser.version()}, ${IMAGES.length} images, localhost, this machine\n`);
@@ -136,7 +147,15 @@ console.log(`|---|${"---|".repeat(results.length)}`);
 for (const name of Object.keys(results[0].ours.stages)) {
   console.log(`| ${name} | ${results.map((r) => (r.ours.stages[name] ?? 0).toFixed(1)).join(" | ")} |`);
 }
-console.log(`| per image, everything | ${results.map((r) => `**${r.ours.perImage.toFixed(1)}**`).join(" | ")} |\n`);
+console.log(`| per image, everything | ${results.map((r) => `**${r.ours.perImage.toFixed(1)}**`).join(" | ")} |`);
+console.log(`| batch of ${IMAGES.length}, wall (file pick to last result) | ${results.map((r) => r.ours.batch.toFixed(0)).join(" | ")} |`);
+console.log(`| - workers / ideal wall (${IMAGES.length} / workers x per image) | ${results.map((r) => `${r.ours.workers} / ${((IMAGES.length / r.ours.workers) * r.ours.perImage).toFixed(0)}`).join(" | ")} |\n`);
+if (!hasPeer) {
+  console.log(`no onnxruntime-web column: needs ${ORT_DIST} (npm install --no-save onnxruntime-web@1.30.0)` +
+    ` and ${PEER}/model.onnx (cargo bench -p trainer --bench inference)`);
+  await browser.close();
+  process.exit(0);
+}
 console.log(`| input | ours: everything | ours: forward | onnxruntime-web ${results[0].peer.version}: forward (1 thread) | ours everything / onnxruntime-web | largest logit difference |`);
 console.log("|---|---|---|---|---|---|");
 for (const { ours: o, peer: p } of results) {

@@ -80,6 +80,11 @@ export async function launch() {
   return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
 }
 
+/** Waits until `count` workers hold the model (the first loads alone, the others after it). */
+export async function workersReady(page, count, timeout = 180_000) {
+  await page.locator(`[data-testid=model-status][data-workers="${count}"]`).waitFor({ timeout });
+}
+
 /** Waits until the model card is loaded (or failed) and returns the status element's state. */
 export async function modelState(page, timeout = 180_000) {
   const status = page.getByTestId("model-status");
@@ -88,14 +93,14 @@ export async function modelState(page, timeout = 180_000) {
 }
 
 /** Waits until every result item is finished and returns them in page order. */
-export async function finishedItems(page, count, timeout = 300_000) {
+export async function finishedItems(page, count, timeout = 300_000, polling = 200) {
   await page.waitForFunction(
     (n) => {
       const items = [...document.querySelectorAll("[data-testid=result]")];
       return items.length >= n && items.every((i) => ["done", "error"].includes(i.dataset.status));
     },
     count,
-    { timeout, polling: 200 },
+    { timeout, polling },
   );
   return page.$$eval("[data-testid=result]", (items) =>
     items.map((item) => ({
@@ -104,6 +109,7 @@ export async function finishedItems(page, count, timeout = 300_000) {
       probabilities: item.dataset.probabilities ? JSON.parse(item.dataset.probabilities) : null,
       topMap: item.dataset.topMap ? JSON.parse(item.dataset.topMap) : null,
       millis: item.dataset.millis ? Number(item.dataset.millis) : null,
+      worker: item.dataset.worker === undefined ? null : Number(item.dataset.worker),
       stages: item.dataset.stages ? Object.fromEntries(JSON.parse(item.dataset.stages)) : null,
       shown: [...item.querySelectorAll("[data-testid=probability] .value")].map((v) =>
         Number(v.textContent.replace("%", "")) / 100,

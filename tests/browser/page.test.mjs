@@ -12,7 +12,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { tmpdir } from "node:os";
 import AxeBuilder from "@axe-core/playwright";
-import { serve, launch, modelState, finishedItems } from "./harness.mjs";
+import { serve, launch, modelState, finishedItems, workersReady } from "./harness.mjs";
 
 const env = (name) => {
   const value = process.env[name];
@@ -27,7 +27,7 @@ const expected = JSON.parse(await readFile(env("EXPECTED"), "utf8"));
 const card = JSON.parse(await readFile(join(DIST, "model.json"), "utf8"));
 const TOLERANCE = 1e-3;
 
-let server, browser, context, page;
+let server, browser, context, page, workers;
 const requests = [];
 const images = await Promise.all(IMAGES.map((path) => readFile(path)));
 
@@ -69,6 +69,9 @@ before(async () => {
   page.on("pageerror", (error) => console.error("page error:", error));
   await page.goto(server.origin);
   assert.equal(await modelState(page), "ready", "the model did not load");
+  // One worker per core (at most 4) once the first has the model.
+  workers = await page.evaluate(() => Math.min(navigator.hardwareConcurrency, 4));
+  await workersReady(page, workers);
 });
 
 after(async () => {
@@ -128,6 +131,11 @@ test("the page classifies radiographs exactly like trainer predict, bad files fa
   });
   assert.ok(flagged.length > 0, "no image was flagged: the warning path went untested");
   console.log(`flagged by the gate: ${flagged.map((p) => basename(p)).join(", ")}`);
+  // The batch ran on every worker of the pool, and every result says which.
+  const used = new Set(items.filter((i) => i.status === "done").map((i) => i.worker));
+  assert.ok(!used.has(null), "a classified image names no worker");
+  assert.equal(used.size, Math.min(workers, IMAGES.length), `workers used: ${[...used]}`);
+  console.log(`workers in the pool: ${workers}, used by the batch: ${used.size}`);
   for (const [offset, name] of Object.keys(bad).entries()) {
     const item = items[IMAGES.length + offset];
     assert.equal(item.name, name);
@@ -443,6 +451,11 @@ test("altered or missing weights are refused with a clear message", async () => 
     assert.equal(await modelState(tab), "error", `${label} weights were accepted`);
     const text = await tab.getByTestId("model-status").textContent();
     assert.match(text, message, `${label}: ${text}`);
+    // An image given now fails at once, saying why, instead of waiting for a model.
+    await tab.getByTestId("file-input").setInputFiles([IMAGES[0]]);
+    const [item] = await finishedItems(tab, 1);
+    assert.equal(item.status, "error", `${label}: the image was not refused`);
+    assert.match(item.error, /no model to classify with/, `${label}: ${item.error}`);
     await tab.close();
   }
   await fresh.close();

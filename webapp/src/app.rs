@@ -15,7 +15,8 @@ use web_sys::{HtmlInputElement, MessageEvent, Worker};
 use crate::card_panel::CardPanel;
 use crate::js::error_message;
 use crate::pdf_report::SaveReport;
-use crate::protocol::{FromWorker, ImageResult, ToWorker};
+use crate::pool::{pool_size, Pool};
+use crate::protocol::{FromWorker, ImageResult};
 use crate::report::{self, Row};
 use crate::result_view::{HeatmapControls, ItemView};
 use crate::viewer::Viewer;
@@ -73,10 +74,9 @@ pub struct Item {
     pub(crate) heatmap_class: RwSignal<Option<usize>>,
     /// Show the probabilities of an image the gate flagged.
     pub(crate) reveal: RwSignal<bool>,
+    /// The pool slot of the worker that classified it.
+    pub(crate) worker: RwSignal<Option<usize>>,
 }
-
-/// A message for the worker and the image buffer that travels with it.
-type Outgoing = (ToWorker, Option<JsValue>);
 
 /// Everything the worker's messages update.
 #[derive(Clone, Copy)]
@@ -85,9 +85,9 @@ struct Page {
     /// How long each step of loading the model took, for the benchmark.
     load_stages: RwSignal<StageTimes>,
     items: RwSignal<Vec<Item>>,
-    worker: StoredValue<Option<Worker>, LocalStorage>,
-    /// Messages for a worker that has not booted yet: it would drop them.
-    unsent: StoredValue<Option<Vec<Outgoing>>, LocalStorage>,
+    pool: StoredValue<Pool, LocalStorage>,
+    /// Workers with the model loaded.
+    workers_ready: RwSignal<usize>,
     next_id: StoredValue<u32>,
 }
 
@@ -108,118 +108,127 @@ impl Page {
         }
     }
 
-    fn on_message(&self, message: FromWorker) {
+    fn model_ready(&self) -> bool {
+        matches!(self.model.get_untracked(), ModelState::Ready(_))
+    }
+
+    fn on_message(&self, worker: usize, message: FromWorker) {
         match message {
-            FromWorker::Booted => {
-                let waiting = self.unsent.try_update_value(Option::take).flatten();
-                self.worker.with_value(|worker| {
-                    if let Some(worker) = worker {
-                        send(worker, &ToWorker::Load, None);
-                        for (message, buffer) in waiting.unwrap_or_default() {
-                            send(worker, &message, buffer.as_ref());
-                        }
-                    }
-                });
-            }
+            FromWorker::Booted => self.pool.update_value(|pool| pool.booted(worker)),
             FromWorker::LoadProgress { loaded, total } => {
-                self.model.set(ModelState::Loading { loaded, total })
+                // Only the first load shows: later workers load while the page already works.
+                if !self.model_ready() {
+                    self.model.set(ModelState::Loading { loaded, total })
+                }
             }
             FromWorker::Ready { card, load_stages } => {
-                self.load_stages.set(load_stages);
-                self.model.set(ModelState::Ready(Arc::new(*card)));
-                register_service_worker();
+                self.pool.update_value(|pool| pool.ready(worker));
+                self.workers_ready
+                    .set(self.pool.with_value(Pool::ready_count));
+                if !self.model_ready() {
+                    self.load_stages.set(load_stages);
+                    self.model.set(ModelState::Ready(Arc::new(*card)));
+                    register_service_worker();
+                    for index in self.pool.with_value(Pool::slot_count)..pool_size() {
+                        self.start_worker(index);
+                    }
+                }
             }
-            FromWorker::LoadFailed { message } => self.model.set(ModelState::Failed(message)),
+            FromWorker::LoadFailed { message } => {
+                if self.model_ready() {
+                    // An extra worker that cannot load (memory, say) only shrinks the pool.
+                    web_sys::console::warn_1(&format!("a worker could not load: {message}").into());
+                    self.pool.update_value(|pool| {
+                        pool.remove(worker);
+                    });
+                    return;
+                }
+                for id in self
+                    .pool
+                    .try_update_value(Pool::drain_queue)
+                    .unwrap_or_default()
+                {
+                    self.set_status(id, Status::Failed(no_model(&message)));
+                }
+                self.model.set(ModelState::Failed(message));
+            }
             FromWorker::Started { id } => self.set_status(id, Status::Running),
             FromWorker::Classified { id, result } => {
-                if let (Some(item), Some(preview)) = (self.item(id), result.preview.clone()) {
-                    revoke_blob_url(&item.thumbnail.get_untracked());
-                    item.thumbnail.set(preview);
+                if let Some(item) = self.item(id) {
+                    item.worker.set(Some(worker));
+                    if let Some(preview) = result.preview.clone() {
+                        revoke_blob_url(&item.thumbnail.get_untracked());
+                        item.thumbnail.set(preview);
+                    }
                 }
-                self.set_status(id, Status::Done(Arc::new(*result)))
+                self.set_status(id, Status::Done(Arc::new(*result)));
+                self.pool.update_value(|pool| pool.finished(worker));
             }
-            FromWorker::Failed { id, message } => self.set_status(id, Status::Failed(message)),
+            FromWorker::Failed { id, message } => {
+                self.set_status(id, Status::Failed(message));
+                self.pool.update_value(|pool| pool.finished(worker));
+            }
         }
     }
 
-    /// A worker that traps (out of memory, say) cannot be trusted again: the images it held are
-    /// marked failed and a fresh worker loads the model again.
-    fn on_worker_crash(&self, detail: String) {
-        self.items.with_untracked(|items| {
-            for item in items {
-                let pending = matches!(
-                    item.status.get_untracked(),
-                    Status::Queued | Status::Running
-                );
-                if pending {
-                    item.status.set(Status::Failed(format!(
-                        "the inference worker stopped ({detail}); add the image again"
-                    )));
-                }
-            }
-        });
-        self.worker.update_value(|worker| {
-            if let Some(worker) = worker.take() {
-                worker.terminate();
-            }
-        });
-        self.start_worker();
+    /// A worker that traps (out of memory, say) cannot be trusted again: the image it held is
+    /// marked failed and the worker is dropped; when it was the last one, a fresh worker loads
+    /// the model again. Queued images wait for the others.
+    fn on_worker_crash(&self, worker: usize, detail: String) {
+        let running = self
+            .pool
+            .try_update_value(|pool| pool.remove(worker))
+            .flatten();
+        if let Some(id) = running {
+            self.set_status(
+                id,
+                Status::Failed(format!(
+                    "the inference worker stopped ({detail}); add the image again"
+                )),
+            );
+        }
+        let ready = self.pool.with_value(Pool::ready_count);
+        self.workers_ready.set(ready);
+        if ready == 0 {
+            self.model.set(ModelState::Loading {
+                loaded: 0,
+                total: None,
+            });
+            self.start_worker(worker);
+        }
     }
 
-    fn start_worker(&self) {
+    /// Starts a worker in slot `index`; it loads the model once it has booted.
+    fn start_worker(&self, index: usize) {
         let page = *self;
         let worker = match Worker::new(WORKER_URL) {
             Ok(worker) => worker,
             Err(error) => {
-                self.model.set(ModelState::Failed(format!(
-                    "could not start the inference worker: {}",
-                    error_message(&error)
-                )));
+                if !self.model_ready() {
+                    self.model.set(ModelState::Failed(format!(
+                        "could not start the inference worker: {}",
+                        error_message(&error)
+                    )));
+                }
                 return;
             }
         };
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             let text = event.data().as_string().unwrap_or_default();
             match serde_json::from_str::<FromWorker>(&text) {
-                Ok(message) => page.on_message(message),
+                Ok(message) => page.on_message(index, message),
                 Err(error) => web_sys::console::error_1(&error.to_string().into()),
             }
         });
         let on_error =
             Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |event: web_sys::ErrorEvent| {
-                page.on_worker_crash(event.message())
+                page.on_worker_crash(index, event.message())
             });
         worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         on_message.forget();
         on_error.forget();
-        self.model.set(ModelState::Loading {
-            loaded: 0,
-            total: None,
-        });
-        self.unsent.set_value(Some(Vec::new()));
-        self.worker.set_value(Some(worker));
-    }
-
-    /// Sends now, or once the worker has booted.
-    fn post(&self, message: ToWorker, buffer: Option<JsValue>) -> Result<(), String> {
-        let mut queued = false;
-        self.unsent.update_value(|unsent| {
-            if let Some(unsent) = unsent {
-                unsent.push((message.clone(), buffer.clone()));
-                queued = true;
-            }
-        });
-        if queued {
-            return Ok(());
-        }
-        self.worker.with_value(|worker| match worker {
-            Some(worker) => {
-                send(worker, &message, buffer.as_ref());
-                Ok(())
-            }
-            None => Err("no inference worker is running".to_string()),
-        })
+        self.pool.update_value(|pool| pool.install(index, worker));
     }
 
     fn add_files(&self, files: Vec<web_sys::File>) {
@@ -235,6 +244,7 @@ impl Page {
                 status: RwSignal::new(Status::Reading),
                 heatmap_class: RwSignal::new(None),
                 reveal: RwSignal::new(false),
+                worker: RwSignal::new(None),
             };
             self.items.update(|items| items.push(item.clone()));
             if file.size() > MAX_FILE_BYTES {
@@ -248,12 +258,15 @@ impl Page {
             let page = *self;
             wasm_bindgen_futures::spawn_local(async move {
                 match JsFuture::from(file.array_buffer()).await {
-                    Ok(buffer) => {
-                        item.status.set(Status::Queued);
-                        if let Err(message) = page.post(ToWorker::Classify { id }, Some(buffer)) {
-                            item.status.set(Status::Failed(message));
+                    Ok(buffer) => match page.model.get_untracked() {
+                        ModelState::Failed(message) => {
+                            item.status.set(Status::Failed(no_model(&message)))
                         }
-                    }
+                        _ => {
+                            item.status.set(Status::Queued);
+                            page.pool.update_value(|pool| pool.enqueue(id, buffer));
+                        }
+                    },
                     Err(error) => item.status.set(Status::Failed(format!(
                         "could not read the file: {}",
                         error_message(&error)
@@ -264,6 +277,9 @@ impl Page {
     }
 
     fn clear(&self) {
+        self.pool.update_value(|pool| {
+            pool.drain_queue();
+        });
         self.items.update(|items| {
             for item in items.drain(..) {
                 revoke_blob_url(&item.thumbnail.get_untracked());
@@ -272,17 +288,8 @@ impl Page {
     }
 }
 
-/// Posts a message, transferring the image's buffer (no copy) when there is one.
-fn send(worker: &Worker, message: &ToWorker, buffer: Option<&JsValue>) {
-    let parts = Array::of1(&JsValue::from_str(&message.to_json()));
-    let transfer = Array::new();
-    if let Some(buffer) = buffer {
-        parts.push(&Uint8Array::new(buffer));
-        transfer.push(buffer);
-    }
-    if let Err(error) = worker.post_message_with_transfer(&parts, &transfer) {
-        web_sys::console::error_1(&error);
-    }
+fn no_model(reason: &str) -> String {
+    format!("no model to classify with: {reason}")
 }
 
 /// The service worker keeps the app and the weights for offline use; registered once the model
@@ -345,11 +352,11 @@ pub fn App() -> impl IntoView {
         }),
         load_stages: RwSignal::new(StageTimes::default()),
         items: RwSignal::new(Vec::new()),
-        worker: StoredValue::new_local(None),
-        unsent: StoredValue::new_local(None),
+        pool: StoredValue::new_local(Pool::default()),
+        workers_ready: RwSignal::new(0),
         next_id: StoredValue::new(0),
     };
-    page.start_worker();
+    page.start_worker(0);
     let classes = Memo::new(move |_| match page.model.get() {
         ModelState::Ready(card) => card.classes.clone(),
         _ => Vec::new(),
@@ -383,7 +390,7 @@ pub fn App() -> impl IntoView {
             </p>
         </header>
         <main>
-            <ModelStatus model=page.model load_stages=page.load_stages />
+            <ModelStatus model=page.model load_stages=page.load_stages workers=page.workers_ready />
             <DropZone page=page />
             <Controls show_heatmap=show_heatmap opacity=opacity page=page classes=classes card=card />
             <section class="results" data-testid="results">
@@ -402,7 +409,11 @@ pub fn App() -> impl IntoView {
 }
 
 #[component]
-fn ModelStatus(model: RwSignal<ModelState>, load_stages: RwSignal<StageTimes>) -> impl IntoView {
+fn ModelStatus(
+    model: RwSignal<ModelState>,
+    load_stages: RwSignal<StageTimes>,
+    workers: RwSignal<usize>,
+) -> impl IntoView {
     let state = move || match model.get() {
         ModelState::Loading { .. } => "loading",
         ModelState::Ready(_) => "ready",
@@ -414,6 +425,7 @@ fn ModelStatus(model: RwSignal<ModelState>, load_stages: RwSignal<StageTimes>) -
             data-testid="model-status"
             data-state=state
             data-load-stages=move || serde_json::to_string(&load_stages.get()).ok()
+            data-workers=move || workers.get()
         >
             {move || match model.get() {
                 ModelState::Loading { loaded, total } => {

@@ -8,6 +8,7 @@ pub mod inference;
 pub mod js;
 pub mod pdf_report;
 pub mod picture;
+pub mod pool;
 pub mod protocol;
 pub mod report;
 pub mod result_view;

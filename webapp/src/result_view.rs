@@ -252,6 +252,7 @@ pub fn ItemView(
             data-top-map=top_map
             data-millis=millis
             data-stages=stages
+            data-worker=move || item.worker.get()
         >
             <button
                 class="figure"
