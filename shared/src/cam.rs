@@ -50,10 +50,71 @@ impl ClassActivationMaps {
 
     /// The evidence for `class`: positive part, scaled to [0, 1] (all zero when there is none).
     pub fn normalized(&self, class: usize) -> Vec<f32> {
-        let map = &self.maps[class];
-        let max = map.iter().cloned().fold(0f32, f32::max);
-        map.iter()
-            .map(|v| if max > 0.0 { v.max(0.0) / max } else { 0.0 })
-            .collect()
+        normalized(&self.maps[class])
+    }
+}
+
+/// A map's positive part scaled to [0, 1] (all zero when it has no positive value).
+pub fn normalized(map: &[f32]) -> Vec<f32> {
+    let max = map.iter().cloned().fold(0f32, f32::max);
+    map.iter()
+        .map(|v| if max > 0.0 { v.max(0.0) / max } else { 0.0 })
+        .collect()
+}
+
+/// What computed a heat map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapMethod {
+    /// The last block's class activation map (`ClassActivationMaps`), H/32 on a side: part of
+    /// every classification.
+    LastBlockCam,
+    /// LayerCAM on `layer2` (`ResNet50::layer_cam`), H/8 on a side: a second pass with a
+    /// backward one.
+    Layer2LayerCam,
+}
+
+/// One class's heat map as drawn: values in [0, 1] on a grid over the network's crop.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HeatMap {
+    pub class: usize,
+    pub width: usize,
+    pub height: usize,
+    /// Row-major `height * width`.
+    pub values: Vec<f32>,
+    pub method: MapMethod,
+}
+
+impl HeatMap {
+    /// The last block's map of `class`.
+    pub fn coarse(cams: &ClassActivationMaps, class: usize) -> Self {
+        Self {
+            class,
+            width: cams.width,
+            height: cams.height,
+            values: cams.normalized(class),
+            method: MapMethod::LastBlockCam,
+        }
+    }
+
+    /// The fine map of `class` from `layer_cam` (h, w), the raw LayerCAM.
+    pub fn fine(class: usize, layer_cam: &Tensor) -> Result<Self> {
+        let (height, width) = layer_cam.dims2()?;
+        Ok(Self {
+            class,
+            width,
+            height,
+            values: normalized(&layer_cam.flatten_all()?.to_vec1::<f32>()?),
+            method: MapMethod::Layer2LayerCam,
+        })
+    }
+
+    /// What the map is, in words, for reports and captions.
+    pub fn describe(&self) -> String {
+        let method = match self.method {
+            MapMethod::LastBlockCam => "class activation map of the last block",
+            MapMethod::Layer2LayerCam => "LayerCAM on layer2",
+        };
+        format!("{method}, {}x{}", self.width, self.height)
     }
 }

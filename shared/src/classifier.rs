@@ -8,7 +8,7 @@ use crate::calibration::softmax_with_temperature;
 use crate::ood::{GateFeatures, MahalanobisGate};
 use crate::operating_point::OperatingPoint;
 
-use crate::cam::ClassActivationMaps;
+use crate::cam::{ClassActivationMaps, HeatMap};
 use crate::card::ModelCard;
 use crate::checkpoint::Checkpoint;
 use crate::decode::decode_rgb;
@@ -155,15 +155,36 @@ impl Classifier {
         image: &Rgb32FImage,
         watch: &mut Stopwatch,
     ) -> Result<Prediction> {
+        let input = self.input_tensor(image)?;
+        watch.lap("preprocess");
+        self.classify_input_timed(&input, watch)
+    }
+
+    /// The network's input for `image`: (1, 3, crop, crop), preprocessed as the card says.
+    pub fn input_tensor(&self, image: &Rgb32FImage) -> Result<Tensor> {
         let crop = self.preprocessing.crop as usize;
-        let input = Tensor::from_vec(
+        Ok(Tensor::from_vec(
             self.preprocessing.apply(image),
             (1, 3, crop, crop),
             &self.device,
-        )?;
-        watch.lap("preprocess");
-        let mut predictions = self.classify_batch_timed(&input, watch)?;
+        )?)
+    }
+
+    /// Classifies one image's `input_tensor`.
+    pub fn classify_input_timed(
+        &self,
+        input: &Tensor,
+        watch: &mut Stopwatch,
+    ) -> Result<Prediction> {
+        let mut predictions = self.classify_batch_timed(input, watch)?;
         Ok(predictions.remove(0))
+    }
+
+    /// The fine heat map of `class` for one image's `input_tensor` (LayerCAM on layer2): a
+    /// second pass with a backward one, so the page asks for it apart from the classification.
+    pub fn fine_map(&self, input: &Tensor, class: usize) -> Result<HeatMap> {
+        let layer2 = self.model.forward_layer2(input)?.get(0)?;
+        HeatMap::fine(class, &self.model.layer_cam(&layer2, class)?)
     }
 
     /// Classifies a normalised batch (N, 3, H, W).

@@ -1,7 +1,7 @@
 //! ResNet50 (torchvision's `resnet50`, v1.5: the stride sits on the 3x3 convolution) with
 //! torchvision's parameter names, so public checkpoints load as they are.
 
-use candle_core::{Module, ModuleT, Result, Tensor, D};
+use candle_core::{Module, ModuleT, Result, Tensor, Var, D};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use crate::ops::batch_norm::batch_norm_train;
@@ -125,6 +125,27 @@ impl ConvBn {
         }
     }
 
+    /// `forward_t` in eval mode through ops that autograd can follow (the fused inference op has
+    /// no backward), for attribution maps: the folded convolution by the training op, its bias
+    /// and ReLU as tensor ops.
+    fn forward_differentiable(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let Some(folded) = &self.folded else {
+            return self.forward_t(x, false, relu);
+        };
+        let unbiased = Conv2d::new(folded.weight().clone(), None, *folded.config());
+        let y = match folded.bias() {
+            Some(bias) => {
+                conv2d_train(x, &unbiased)?.broadcast_add(&bias.reshape((1, (), 1, 1))?)?
+            }
+            None => conv2d_train(x, &unbiased)?,
+        };
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+
     /// relu(conv-bn(x) + identity), the bottleneck's last unit, in one pass once folded.
     fn forward_residual(&self, x: &Tensor, identity: &Tensor, train: bool) -> Result<Tensor> {
         match &self.folded {
@@ -181,6 +202,18 @@ impl Bottleneck {
             None => x.clone(),
         };
         self.expand.forward_residual(&out, &identity, train)
+    }
+
+    /// `forward_t` in eval mode, differentiable (see `ConvBn::forward_differentiable`).
+    fn forward_differentiable(&self, x: &Tensor) -> Result<Tensor> {
+        let out = self.reduce.forward_differentiable(x, true)?;
+        let out = self.spatial.forward_differentiable(&out, true)?;
+        let out = self.expand.forward_differentiable(&out, false)?;
+        let identity = match &self.downsample {
+            Some(downsample) => downsample.forward_differentiable(x, false)?,
+            None => x.clone(),
+        };
+        (out + identity)?.relu()
     }
 }
 
@@ -250,6 +283,44 @@ impl ResNet50 {
     /// activation map.
     pub fn head_weight(&self) -> &Tensor {
         self.fc.weight()
+    }
+
+    /// The eval-mode forward pass as far as `layer2`'s output, the input of `layer_cam`.
+    /// (N, 3, H, W) -> (N, 512, H/8, W/8)
+    pub fn forward_layer2(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.stem.forward_t(x, false, true)?;
+        let mut x = stem_max_pool(&x, false)?;
+        for block in self.stages[..2].iter().flatten() {
+            x = block.forward_t(&x, false)?;
+        }
+        Ok(x)
+    }
+
+    /// LayerCAM (Jiang et al., 2021) of `class` on `layer2`'s output, the finest map the heat map
+    /// shows: at each position, the channels' activations weighted by the positive part of the
+    /// class score's gradient there, summed, positive part. Finer than the last block's CAM
+    /// (H/8 instead of H/32 on a side) and, unlike Grad-CAM's one weight per channel, reliable
+    /// that early in the network. Runs layer3, layer4 and the head again with autograd.
+    /// `layer2_map` (512, H/8, W/8) of one image -> (H/8, W/8)
+    pub fn layer_cam(&self, layer2_map: &Tensor, class: usize) -> Result<Tensor> {
+        if class >= self.num_classes {
+            candle_core::bail!("class {class} of a {}-class model", self.num_classes);
+        }
+        let activation = Var::from_tensor(&layer2_map.unsqueeze(0)?)?; // (1, 512, h, w)
+        let mut x = activation.as_tensor().clone();
+        for block in self.stages[2..].iter().flatten() {
+            x = block.forward_differentiable(&x)?;
+        }
+        let features = x.mean(D::Minus1)?.mean(D::Minus1)?; // (1, 2048)
+        let score = self.fc.forward(&features)?.get(0)?.get(class)?;
+        let grads = score.backward()?;
+        let Some(gradient) = grads.get(activation.as_tensor()) else {
+            candle_core::bail!("the class score does not depend on layer2")
+        };
+        (gradient.relu()? * activation.as_tensor())?
+            .sum(1)?
+            .relu()?
+            .squeeze(0) // (h, w)
     }
 
     /// (N, 3, H, W) normalised images -> logits (N, classes), features (N, 2048) and the `layer4`

@@ -7,7 +7,7 @@ use image::imageops::{self, FilterType};
 use image::{Rgb, RgbImage, Rgba, RgbaImage};
 use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref, Str};
 
-use crate::cam::heat_rgba;
+use crate::cam::{heat_rgba, HeatMap};
 use crate::card::ModelCard;
 use crate::error::{Error, Result};
 use crate::preprocess::CropRegion;
@@ -29,8 +29,8 @@ pub struct Findings<'a> {
     pub top: usize,
     pub in_distribution: Option<bool>,
     pub positive: &'a [Option<bool>],
-    /// The class whose heat map the picture shows.
-    pub heatmap_class: usize,
+    /// The heat map the picture shows; `None` when it shows none.
+    pub heatmap: Option<&'a HeatMap>,
 }
 
 /// The lines of one image's page.
@@ -62,10 +62,14 @@ pub fn finding_lines(card: &ModelCard, findings: &Findings) -> Vec<String> {
         Some(false) => "Out-of-distribution gate: FLAGGED.".into(),
         None => "Out-of-distribution gate: none in this model.".into(),
     });
-    lines.push(format!(
-        "Heat map: class activation map for {}; where the network looked, not where disease is.",
-        classes[findings.heatmap_class]
-    ));
+    lines.push(match findings.heatmap {
+        Some(map) => format!(
+            "Heat map: {} for {}; where the network looked, not where disease is.",
+            map.describe(),
+            classes[map.class]
+        ),
+        None => "Heat map: not shown.".into(),
+    });
     lines
 }
 
@@ -84,17 +88,10 @@ fn model_lines(card: &ModelCard) -> Vec<String> {
     lines
 }
 
-/// `picture` with the class activation map `cam` (`cam_width` x `cam_height`, values in [0, 1])
-/// over `crop`, upsampled smoothly, at `opacity`.
-pub fn overlay(
-    picture: &RgbImage,
-    cam: &[f32],
-    cam_width: usize,
-    cam_height: usize,
-    crop: CropRegion,
-    opacity: f32,
-) -> RgbImage {
+/// `picture` with `map` over `crop`, upsampled smoothly, at `opacity`.
+pub fn overlay(picture: &RgbImage, map: &HeatMap, crop: CropRegion, opacity: f32) -> RgbImage {
     let mut out = picture.clone();
+    let (cam, cam_width, cam_height) = (&map.values, map.width, map.height);
     if cam.len() != cam_width * cam_height || cam.is_empty() {
         return out;
     }
@@ -266,6 +263,7 @@ pub fn report_pdf(card: &ModelCard, date: &str, entries: &[ReportEntry]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cam::MapMethod;
 
     #[test]
     fn the_overlay_colours_only_the_crop_where_there_is_evidence() {
@@ -277,7 +275,14 @@ mod tests {
             height: 1.0,
         };
         // Evidence only in the right-hand cell of a 2x1 map.
-        let out = overlay(&picture, &[0.0, 1.0], 2, 1, crop, 1.0);
+        let map = HeatMap {
+            class: 0,
+            width: 2,
+            height: 1,
+            values: vec![0.0, 1.0],
+            method: MapMethod::LastBlockCam,
+        };
+        let out = overlay(&picture, &map, crop, 1.0);
         assert_eq!(
             out.get_pixel(2, 10),
             &Rgb([100, 100, 100]),

@@ -167,6 +167,67 @@ test("a heat map is drawn over each classified image", async () => {
   await page.getByTestId("heatmap-toggle").check();
 });
 
+test("every image gets its fine heat map (LayerCAM on layer2), equal to trainer predict's", async () => {
+  // Background jobs: each worker computes the top class's map once no image waits.
+  await page.waitForFunction(
+    (n) => {
+      const done = [...document.querySelectorAll("[data-testid=result][data-status=done]")];
+      return done.length >= n && done.every((item) => item.dataset.topFineMap);
+    },
+    IMAGES.length,
+    { timeout: 120_000, polling: 200 },
+  );
+  const items = (await finishedItems(page, IMAGES.length)).slice(0, IMAGES.length);
+  const side = card.preprocessing.crop / 8;
+  assert.ok(side >= 14, `the fine map is ${side}x${side}`);
+  let worst = 0;
+  let sum = 0;
+  let count = 0;
+  for (const [index, path] of IMAGES.entries()) {
+    const native = expected.find((e) => resolve(e.file) === resolve(path));
+    const [width, height, values] = items[index].topFineMap;
+    assert.deepEqual([width, height], [side, side], `${path}: fine map size`);
+    assert.deepEqual([native.fine_map_width, native.fine_map_height], [side, side], `${path}: native size`);
+    values.forEach((v, i) => {
+      const diff = Math.abs(v - native.top_fine_map[i]);
+      worst = Math.max(worst, diff);
+      sum += diff;
+      count += 1;
+    });
+  }
+  // A gradient map crosses ReLU boundaries, where the page's and native's different summation
+  // orders can flip a unit that sits at zero: allowed up to 1e-2 anywhere (2.5 of the colour
+  // scale's 255 steps), and 1e-3 on average.
+  assert.ok(worst <= 1e-2, `fine maps differ by up to ${worst}`);
+  assert.ok(sum / count <= 1e-3, `fine maps differ by ${sum / count} on average`);
+  console.log(`fine heat map: ${side}x${side}, |browser - native| largest ${worst.toExponential(2)}, mean ${(sum / count).toExponential(2)}`);
+  // The thumbnails draw it (those whose heat map shows: the gate's flagged images hide theirs).
+  const sizes = await page.$$eval("[data-testid=heatmap]", (c) => c.map((canvas) => canvas.dataset.mapSize));
+  assert.ok(sizes.every((s) => s === `${side}x${side}`), `drawn: ${sizes}`);
+  // In the viewer, another class's fine map is asked for at once and replaces the coarse one.
+  // The second image (the first stays unrevealed for the next test), revealed if the gate flagged it.
+  const target = page.getByTestId("result").nth(1);
+  const reveal = target.getByRole("button", { name: "Show probabilities anyway" });
+  if (await reveal.count()) await reveal.click();
+  await target.getByTestId("open-viewer").click();
+  const legend = page.getByTestId("viewer-map-method");
+  await legend.filter({ hasText: `LayerCAM on layer2, ${side}x${side}` }).waitFor();
+  const chooser = page.getByTestId("viewer-class");
+  const shownClass = Number(await chooser.inputValue());
+  const other = (shownClass + 1) % card.classes.length;
+  await chooser.selectOption(String(other));
+  await page.waitForFunction(
+    (other) =>
+      document.querySelector("[data-testid=viewer-class]").value === String(other) &&
+      document.querySelector("[data-testid=viewer-map-method]").textContent.includes("LayerCAM on layer2"),
+    other,
+    { timeout: 60_000 },
+  );
+  await chooser.selectOption(String(shownClass));
+  await page.getByTestId("viewer").press("Escape");
+  await page.getByTestId("viewer").waitFor({ state: "detached" });
+});
+
 test("a flagged image hides its diagnosis until asked", async () => {
   const item = page.locator("[data-testid=result]", { has: page.getByTestId("ood-warning") }).first();
   await item.waitFor();

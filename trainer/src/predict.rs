@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
+use pneumoscope::cam::HeatMap;
 use pneumoscope::checkpoint::write_atomic;
 use pneumoscope::decode::{decode, Decoded};
 use pneumoscope::dicom::DicomInfo;
 use pneumoscope::report::{finding_lines, overlay, report_pdf, Findings, ReportEntry};
+use pneumoscope::stage_times::Stopwatch;
 use pneumoscope::{Checkpoint, Classifier, ModelCard, Prediction};
 use serde::Serialize;
 
@@ -56,6 +58,11 @@ enum ImageResult {
         top_map: Vec<f32>,
         map_width: usize,
         map_height: usize,
+        /// The top class's fine map (LayerCAM on layer2), scaled to [0, 1], row-major
+        /// `fine_map_height` x `fine_map_width`: what the page draws once it has computed it.
+        top_fine_map: Vec<f32>,
+        fine_map_width: usize,
+        fine_map_height: usize,
         /// How a DICOM file was read (no patient data).
         #[serde(skip_serializing_if = "Option::is_none")]
         dicom: Option<Box<DicomInfo>>,
@@ -96,40 +103,44 @@ pub fn load_classifier(weights: &Path, card: Option<&Path>, device: &Device) -> 
 
 /// Reads and classifies one file; a read or decode failure is the error's message.
 pub fn classify_file(classifier: &Classifier, path: &Path) -> Result<Prediction, String> {
-    read_and_classify(classifier, path).map(|(prediction, _)| prediction)
+    let decoded = read_decoded(path)?;
+    classifier
+        .classify_image(&decoded.image)
+        .map_err(|e| e.to_string())
 }
 
-/// The report page of one classified image: its picture with the top class's heat map.
+fn read_decoded(path: &Path) -> Result<Decoded, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    decode(&bytes).map_err(|e| e.to_string())
+}
+
+/// The report page of one classified image: its picture with the top class's fine heat map.
 fn report_entry(
     classifier: &Classifier,
     card: &ModelCard,
     path: &Path,
-    prediction: &Prediction,
-    decoded: &Decoded,
+    classified: &Classified,
 ) -> ReportEntry {
+    let Classified {
+        prediction,
+        decoded,
+        fine_map,
+    } = classified;
     let image = &decoded.image;
     let picture = image::DynamicImage::ImageRgb32F(image.clone()).to_rgb8();
     let crop = classifier
         .preprocessing()
         .crop_region(image.width(), image.height());
-    let cams = &prediction.cams;
     let findings = Findings {
         probabilities: &prediction.probabilities,
         top: prediction.top,
         in_distribution: prediction.in_distribution,
         positive: &prediction.positive,
-        heatmap_class: prediction.top,
+        heatmap: Some(fine_map),
     };
     ReportEntry {
         file_name: file_name(path),
-        picture: overlay(
-            &picture,
-            &cams.normalized(prediction.top),
-            cams.width,
-            cams.height,
-            crop,
-            REPORT_OPACITY,
-        ),
+        picture: overlay(&picture, fine_map, crop, REPORT_OPACITY),
         lines: finding_lines(card, &findings),
     }
 }
@@ -162,16 +173,30 @@ fn write_reports(dir: &Path, card: &ModelCard, entries: &[ReportEntry]) -> Resul
     Ok(())
 }
 
-fn read_and_classify(
-    classifier: &Classifier,
-    path: &Path,
-) -> Result<(Prediction, Decoded), String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let decoded = decode(&bytes).map_err(|e| e.to_string())?;
-    let prediction = classifier
-        .classify_image(&decoded.image)
+/// What `predict` holds of one classified file.
+struct Classified {
+    prediction: Prediction,
+    decoded: Decoded,
+    /// The top class's fine heat map.
+    fine_map: HeatMap,
+}
+
+fn read_and_classify(classifier: &Classifier, path: &Path) -> Result<Classified, String> {
+    let decoded = read_decoded(path)?;
+    let input = classifier
+        .input_tensor(&decoded.image)
         .map_err(|e| e.to_string())?;
-    Ok((prediction, decoded))
+    let prediction = classifier
+        .classify_input_timed(&input, &mut Stopwatch::off())
+        .map_err(|e| e.to_string())?;
+    let fine_map = classifier
+        .fine_map(&input, prediction.top)
+        .map_err(|e| e.to_string())?;
+    Ok(Classified {
+        prediction,
+        decoded,
+        fine_map,
+    })
 }
 
 /// One file's result, and its report page when `report_card` is given.
@@ -182,9 +207,13 @@ fn classify(
 ) -> (ImageResult, Option<ReportEntry>) {
     let file = path.display().to_string();
     match read_and_classify(classifier, path) {
-        Ok((prediction, decoded)) => {
-            let entry =
-                report_card.map(|card| report_entry(classifier, card, path, &prediction, &decoded));
+        Ok(classified) => {
+            let entry = report_card.map(|card| report_entry(classifier, card, path, &classified));
+            let Classified {
+                prediction,
+                decoded,
+                fine_map,
+            } = classified;
             let classes = classifier.classes();
             let result = ImageResult::Classified {
                 file,
@@ -205,6 +234,9 @@ fn classify(
                 top_map: prediction.cams.normalized(prediction.top),
                 map_width: prediction.cams.width,
                 map_height: prediction.cams.height,
+                top_fine_map: fine_map.values,
+                fine_map_width: fine_map.width,
+                fine_map_height: fine_map.height,
                 dicom: decoded.dicom.map(Box::new),
             };
             (result, entry)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use js_sys::{Array, Uint8Array};
 use leptos::ev;
 use leptos::prelude::*;
+use pneumoscope::cam::HeatMap;
 use pneumoscope::stage_times::StageTimes;
 use pneumoscope::ModelCard;
 use wasm_bindgen::prelude::*;
@@ -15,7 +16,7 @@ use web_sys::{HtmlInputElement, MessageEvent, Worker};
 use crate::card_panel::CardPanel;
 use crate::js::error_message;
 use crate::pdf_report::SaveReport;
-use crate::pool::{pool_size, Pool};
+use crate::pool::{pool_size, Job, Pool, Urgency};
 use crate::protocol::{FromWorker, ImageResult};
 use crate::report::{self, Row};
 use crate::result_view::{HeatmapControls, ItemView};
@@ -74,8 +75,10 @@ pub struct Item {
     pub(crate) heatmap_class: RwSignal<Option<usize>>,
     /// Show the probabilities of an image the gate flagged.
     pub(crate) reveal: RwSignal<bool>,
-    /// The pool slot of the worker that classified it.
+    /// The pool slot of the worker that classified it (and holds its input for fine maps).
     pub(crate) worker: RwSignal<Option<usize>>,
+    /// The fine heat maps the worker has sent, by class.
+    pub(crate) fine_maps: RwSignal<Vec<HeatMap>>,
 }
 
 /// Everything the worker's messages update.
@@ -161,13 +164,46 @@ impl Page {
                         item.thumbnail.set(preview);
                     }
                 }
+                let top = result.top;
                 self.set_status(id, Status::Done(Arc::new(*result)));
+                // The top class's fine map, once this worker has no image waiting.
+                self.pool.update_value(|pool| {
+                    pool.finished(worker);
+                    pool.request_fine_map(worker, id, top, Urgency::Background);
+                });
+            }
+            FromWorker::FineMap { id, map } => {
+                if let Some(item) = self.item(id) {
+                    item.fine_maps.update(|maps| maps.push(map));
+                }
+                self.pool.update_value(|pool| pool.finished(worker));
+            }
+            FromWorker::FineMapFailed { id, class, message } => {
+                // The page keeps drawing the coarser map it has.
+                web_sys::console::warn_1(
+                    &format!("no fine heat map for image {id}, class {class}: {message}").into(),
+                );
                 self.pool.update_value(|pool| pool.finished(worker));
             }
             FromWorker::Failed { id, message } => {
                 self.set_status(id, Status::Failed(message));
                 self.pool.update_value(|pool| pool.finished(worker));
             }
+        }
+    }
+
+    /// Asks the worker that classified `id` for the fine map of `class`, ahead of queued images
+    /// (the viewer shows it now), unless the item has it or it is on its way.
+    fn want_fine_map(&self, id: u32, class: usize) {
+        let Some(item) = self.item(id) else {
+            return;
+        };
+        let has = item
+            .fine_maps
+            .with_untracked(|maps| maps.iter().any(|m| m.class == class));
+        if let (false, Some(worker)) = (has, item.worker.get_untracked()) {
+            self.pool
+                .update_value(|pool| pool.request_fine_map(worker, id, class, Urgency::Now));
         }
     }
 
@@ -178,7 +214,8 @@ impl Page {
         let running = self
             .pool
             .try_update_value(|pool| pool.remove(worker))
-            .flatten();
+            .flatten()
+            .and_then(Job::image);
         if let Some(id) = running {
             self.set_status(
                 id,
@@ -245,6 +282,7 @@ impl Page {
                 heatmap_class: RwSignal::new(None),
                 reveal: RwSignal::new(false),
                 worker: RwSignal::new(None),
+                fine_maps: RwSignal::new(Vec::new()),
             };
             self.items.update(|items| items.push(item.clone()));
             if file.size() > MAX_FILE_BYTES {
@@ -368,6 +406,9 @@ pub fn App() -> impl IntoView {
     let show_heatmap = RwSignal::new(true);
     let opacity = RwSignal::new(0.6f64);
     let viewing = RwSignal::new(None::<u32>);
+    // Made here, owned by the app: a callback made inside `view!` is disposed with its
+    // surroundings and then silently does nothing.
+    let want_fine_map = Callback::new(move |(id, class)| page.want_fine_map(id, class));
 
     let paste = window_event_listener(ev::paste, move |event| {
         let files = file_list(event.clipboard_data().and_then(|data| data.files()));
@@ -398,7 +439,15 @@ pub fn App() -> impl IntoView {
                     <ItemView item=item classes=classes show_heatmap=show_heatmap opacity=opacity viewing=viewing card=card />
                 </For>
             </section>
-            <Viewer viewing=viewing items=page.items classes=classes show_heatmap=show_heatmap opacity=opacity card=card />
+            <Viewer
+                viewing=viewing
+                items=page.items
+                classes=classes
+                show_heatmap=show_heatmap
+                opacity=opacity
+                card=card
+                want_fine_map=want_fine_map
+            />
             <BatchTable page=page classes=classes />
             {move || match page.model.get() {
                 ModelState::Ready(card) => view! { <CardPanel card=card /> }.into_any(),

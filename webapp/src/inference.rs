@@ -2,10 +2,11 @@
 //! time, so the page stays responsive while a batch runs.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use base64::prelude::*;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use js_sys::{Array, Uint8Array};
 use pneumoscope::classifier::classifier_from_bytes;
 use pneumoscope::decode::{decode, preview_png};
@@ -26,6 +27,51 @@ enum State {
 }
 
 type Shared = Rc<RefCell<State>>;
+
+/// How many classified images keep their network input for a later fine heat map: a 144x144
+/// input is 249 KB, so 256 of them hold 64 MB.
+const KEPT_INPUTS: usize = 256;
+
+thread_local! {
+    /// The network inputs of the last `KEPT_INPUTS` images classified here, oldest first.
+    static INPUTS: RefCell<VecDeque<(u32, Tensor)>> = const { RefCell::new(VecDeque::new()) };
+}
+
+fn keep_input(id: u32, input: Tensor) {
+    INPUTS.with_borrow_mut(|inputs| {
+        if inputs.len() == KEPT_INPUTS {
+            inputs.pop_front();
+        }
+        inputs.push_back((id, input));
+    });
+}
+
+fn kept_input(id: u32) -> Option<Tensor> {
+    INPUTS.with_borrow(|inputs| {
+        inputs
+            .iter()
+            .find(|(kept, _)| *kept == id)
+            .map(|(_, input)| input.clone())
+    })
+}
+
+/// The fine heat map of `class` for image `id`, from its kept input.
+fn fine_map(state: &State, id: u32, class: usize) -> FromWorker {
+    let outcome = match state {
+        State::Ready(classifier) => kept_input(id)
+            .ok_or_else(|| "this worker no longer holds the image; add it again".to_string())
+            .and_then(|input| {
+                classifier
+                    .fine_map(&input, class)
+                    .map_err(|e| e.to_string())
+            }),
+        _ => Err("no model".into()),
+    };
+    match outcome {
+        Ok(map) => FromWorker::FineMap { id, map },
+        Err(message) => FromWorker::FineMapFailed { id, class, message },
+    }
+}
 
 /// Installs the message handler; called once from the worker binary's `main`.
 pub fn run() {
@@ -90,6 +136,7 @@ fn handle(data: JsValue, classifier: &Shared) {
                 ready_or_failed => answer(ready_or_failed, id, &bytes),
             }
         }
+        Ok(ToWorker::FineMap { id, class }) => post(&fine_map(&classifier.borrow(), id, class)),
         Err(error) => web_sys::console::error_1(&format!("unreadable message: {error}").into()),
     }
 }
@@ -97,7 +144,10 @@ fn handle(data: JsValue, classifier: &Shared) {
 fn answer(state: &State, id: u32, bytes: &[u8]) {
     post(&FromWorker::Started { id });
     let outcome = match state {
-        State::Ready(classifier) => classify(classifier, bytes),
+        State::Ready(classifier) => classify(classifier, bytes).map(|(result, input)| {
+            keep_input(id, input);
+            result
+        }),
         State::Failed(message) => Err(format!("no model to classify with: {message}")),
         State::Loading(_) => Err("the model is still loading".into()),
     };
@@ -121,13 +171,16 @@ fn png_data_url(png: &[u8]) -> String {
     format!("data:image/png;base64,{}", BASE64_STANDARD.encode(png))
 }
 
-fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String> {
+/// The result of one image and its network input (kept for a fine heat map).
+fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<(ImageResult, Tensor), String> {
     let mut watch = Stopwatch::new(&now_ms);
     let decoded = decode(bytes).map_err(|e| e.to_string())?;
     let image = decoded.image;
     watch.lap("decode");
+    let input = classifier.input_tensor(&image).map_err(|e| e.to_string())?;
+    watch.lap("preprocess");
     let prediction = classifier
-        .classify_image_timed(&image, &mut watch)
+        .classify_input_timed(&input, &mut watch)
         .map_err(|e| e.to_string())?;
     let cams = (0..classifier.classes().len())
         .map(|class| prediction.cams.normalized(class))
@@ -141,7 +194,7 @@ fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String
     };
     watch.lap("preview");
     let stages = watch.into_times();
-    Ok(ImageResult {
+    let result = ImageResult {
         width: image.width(),
         height: image.height(),
         top: prediction.top,
@@ -159,7 +212,8 @@ fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<ImageResult, String
         stages,
         preview,
         dicom: decoded.dicom,
-    })
+    };
+    Ok((result, input))
 }
 
 fn js_error(context: &str, error: JsValue) -> String {

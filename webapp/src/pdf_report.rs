@@ -35,15 +35,9 @@ async fn entry(
         .min(card.classes.len().saturating_sub(1));
     // A flagged image's report shows no heat map unless the user revealed it, as on the page.
     let shown = !result.flagged() || item.reveal.get_untracked();
-    let picture = match result.cams.get(class).filter(|_| shown) {
-        Some(cam) => overlay(
-            &picture,
-            cam,
-            result.cam_width,
-            result.cam_height,
-            result.crop,
-            opacity,
-        ),
+    let map = shown.then(|| result.heat_map(&item.fine_maps.get_untracked(), class));
+    let picture = match &map {
+        Some(map) => overlay(&picture, map, result.crop, opacity),
         None => picture,
     };
     let findings = Findings {
@@ -51,7 +45,7 @@ async fn entry(
         top: result.top,
         in_distribution: result.in_distribution,
         positive: &result.positive,
-        heatmap_class: class,
+        heatmap: map.as_ref(),
     };
     Ok(ReportEntry {
         file_name: item.name.clone(),

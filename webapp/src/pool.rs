@@ -2,7 +2,9 @@
 //! (the page is usable as soon as it is ready, and the download is not shared with others);
 //! once it is ready, more start, one model each, up to the cores the browser reports and what
 //! its memory allows. A free worker takes the oldest waiting image, one image at a time, so a
-//! batch runs on every worker and a slow image holds up only its own worker.
+//! batch runs on every worker and a slow image holds up only its own worker. Fine heat maps are
+//! jobs for the worker that classified the image (it keeps the network's input): one the viewer
+//! shows goes ahead of waiting images, the others run when no image waits.
 
 use std::collections::VecDeque;
 
@@ -34,12 +36,41 @@ pub fn pool_size() -> usize {
     cores.min(by_memory).clamp(1, MAX_WORKERS)
 }
 
+/// What a worker is doing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Job {
+    Image(u32),
+    /// (image, class)
+    FineMap(u32, usize),
+}
+
+impl Job {
+    /// The image being classified, if the job is a classification.
+    pub fn image(self) -> Option<u32> {
+        match self {
+            Job::Image(id) => Some(id),
+            Job::FineMap(..) => None,
+        }
+    }
+}
+
+/// When a fine heat map is wanted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Urgency {
+    /// On screen now: before any waiting image.
+    Now,
+    /// Once no image waits.
+    Background,
+}
+
 struct Slot {
     worker: Worker,
     booted: bool,
     ready: bool,
-    /// The image this worker is classifying.
-    busy: Option<u32>,
+    busy: Option<Job>,
+    /// Fine maps wanted now, then the background ones, oldest first: (image, class).
+    urgent: VecDeque<(u32, usize)>,
+    background: VecDeque<(u32, usize)>,
 }
 
 /// The workers by slot number (a crashed worker's replacement takes its slot) and the queue.
@@ -59,6 +90,8 @@ impl Pool {
             booted: false,
             ready: false,
             busy: None,
+            urgent: VecDeque::new(),
+            background: VecDeque::new(),
         });
         if index == self.slots.len() {
             self.slots.push(slot);
@@ -67,8 +100,8 @@ impl Pool {
         }
     }
 
-    /// Stops the worker in slot `index` for good and returns the image it was classifying.
-    pub fn remove(&mut self, index: usize) -> Option<u32> {
+    /// Stops the worker in slot `index` for good and returns what it was doing.
+    pub fn remove(&mut self, index: usize) -> Option<Job> {
         let slot = self.slots.get_mut(index)?.take()?;
         slot.worker.terminate();
         slot.busy
@@ -112,6 +145,29 @@ impl Pool {
         self.dispatch();
     }
 
+    /// Asks worker `index` for the fine map of `class` for image `id`, once: a request already
+    /// waiting is moved ahead when it becomes urgent; one running or done is not repeated.
+    pub fn request_fine_map(&mut self, index: usize, id: u32, class: usize, urgency: Urgency) {
+        let Some(slot) = self.slot(index) else {
+            return;
+        };
+        let job = (id, class);
+        if slot.busy == Some(Job::FineMap(id, class)) || slot.urgent.contains(&job) {
+            return;
+        }
+        let waiting = slot.background.iter().position(|&j| j == job);
+        match (urgency, waiting) {
+            (Urgency::Now, Some(at)) => {
+                slot.background.remove(at);
+                slot.urgent.push_back(job);
+            }
+            (Urgency::Now, None) => slot.urgent.push_back(job),
+            (Urgency::Background, None) => slot.background.push_back(job),
+            (Urgency::Background, Some(_)) => {}
+        }
+        self.dispatch();
+    }
+
     /// Every queued image's id, emptying the queue.
     pub fn drain_queue(&mut self) -> Vec<u32> {
         self.queue.drain(..).map(|(id, _)| id).collect()
@@ -121,17 +177,25 @@ impl Pool {
         self.slots.get_mut(index).and_then(Option::as_mut)
     }
 
-    /// Hands the oldest queued images to ready workers that have none.
+    /// Gives every free ready worker its next job: a fine map wanted now, the oldest queued
+    /// image, or a background fine map.
     fn dispatch(&mut self) {
         for slot in self.slots.iter_mut().flatten() {
             if !(slot.booted && slot.ready) || slot.busy.is_some() {
                 continue;
             }
-            let Some((id, bytes)) = self.queue.pop_front() else {
-                return;
+            let fine_map = |(id, class)| {
+                send(&slot.worker, &ToWorker::FineMap { id, class }, None);
+                Job::FineMap(id, class)
             };
-            send(&slot.worker, &ToWorker::Classify { id }, Some(&bytes));
-            slot.busy = Some(id);
+            slot.busy = if let Some(job) = slot.urgent.pop_front() {
+                Some(fine_map(job))
+            } else if let Some((id, bytes)) = self.queue.pop_front() {
+                send(&slot.worker, &ToWorker::Classify { id }, Some(&bytes));
+                Some(Job::Image(id))
+            } else {
+                slot.background.pop_front().map(fine_map)
+            };
         }
     }
 }

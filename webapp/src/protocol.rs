@@ -1,6 +1,7 @@
 //! Messages between the page and the inference worker. They travel as JSON strings; an image's
 //! bytes travel beside the message as a transferred `Uint8Array`, never inside it.
 
+use pneumoscope::cam::{HeatMap, MapMethod};
 use pneumoscope::dicom::DicomInfo;
 use pneumoscope::preprocess::CropRegion;
 use pneumoscope::stage_times::StageTimes;
@@ -17,6 +18,8 @@ pub enum ToWorker {
     Load,
     /// Classify the image whose bytes accompany this message.
     Classify { id: u32 },
+    /// The fine heat map of `class` for an image this worker classified.
+    FineMap { id: u32, class: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +50,15 @@ pub enum FromWorker {
     },
     Failed {
         id: u32,
+        message: String,
+    },
+    FineMap {
+        id: u32,
+        map: HeatMap,
+    },
+    FineMapFailed {
+        id: u32,
+        class: usize,
         message: String,
     },
 }
@@ -100,6 +112,21 @@ impl ImageResult {
         } else {
             classes.get(self.top).cloned().unwrap_or_default()
         }
+    }
+
+    /// The heat map to draw for `class`: its fine map from `fine` when the worker has sent it,
+    /// else the last block's map that came with the result.
+    pub fn heat_map(&self, fine: &[HeatMap], class: usize) -> HeatMap {
+        fine.iter()
+            .find(|map| map.class == class)
+            .cloned()
+            .unwrap_or_else(|| HeatMap {
+                class,
+                width: self.cam_width,
+                height: self.cam_height,
+                values: self.cams.get(class).cloned().unwrap_or_default(),
+                method: MapMethod::LastBlockCam,
+            })
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use pneumoscope::preprocess::CropRegion;
 use pneumoscope::ModelCard;
 
 use leptos::prelude::*;
@@ -13,22 +14,25 @@ use crate::heatmap;
 use crate::pdf_report::{report_name, SaveReport};
 use crate::protocol::ImageResult;
 
+/// The heat map over the crop the network saw: `map` is the fine one once the worker has sent
+/// it, the last block's before.
 #[component]
 pub(crate) fn HeatMap(
-    result: Arc<ImageResult>,
-    class: Signal<usize>,
+    map: Signal<pneumoscope::cam::HeatMap>,
+    crop: CropRegion,
     show: RwSignal<bool>,
     opacity: RwSignal<f64>,
 ) -> impl IntoView {
     let canvas = NodeRef::<leptos::html::Canvas>::new();
-    let (width, height) = (result.cam_width, result.cam_height);
-    let crop = result.crop;
-    let maps = result.clone();
     Effect::new(move |_| {
-        let (Some(canvas), Some(map)) = (canvas.get(), maps.cams.get(class.get())) else {
+        let Some(canvas) = canvas.get() else {
             return;
         };
-        let pixels = heatmap::rgba(map);
+        let map = map.get();
+        // Resizing clears the canvas, so the size is set here, right before drawing.
+        canvas.set_width(map.width as u32);
+        canvas.set_height(map.height as u32);
+        let pixels = heatmap::rgba(&map.values);
         let drawn = canvas
             .get_context("2d")
             .ok()
@@ -37,8 +41,8 @@ pub(crate) fn HeatMap(
             .zip(
                 web_sys::ImageData::new_with_u8_clamped_array_and_sh(
                     wasm_bindgen::Clamped(&pixels),
-                    width as u32,
-                    height as u32,
+                    map.width as u32,
+                    map.height as u32,
                 )
                 .ok(),
             )
@@ -51,9 +55,9 @@ pub(crate) fn HeatMap(
         <canvas
             class="heatmap"
             data-testid="heatmap"
+            data-map-size=move || map.with(|m| format!("{}x{}", m.width, m.height))
+            title=move || map.with(|m| m.describe())
             node_ref=canvas
-            width=width
-            height=height
             style:left=format!("{}%", crop.left * 100.0)
             style:top=format!("{}%", crop.top * 100.0)
             style:width=format!("{}%", crop.width * 100.0)
@@ -179,9 +183,17 @@ pub fn ItemView(
         Status::Done(result) => serde_json::to_string(&result.probabilities).ok(),
         _ => None,
     };
-    // The top class's map as computed (before colouring), for comparison with trainer predict.
+    // The top class's maps as computed (before colouring), for comparison with trainer predict.
     let top_map = move || match status.get() {
         Status::Done(result) => serde_json::to_string(&result.cams.get(result.top)).ok(),
+        _ => None,
+    };
+    let fine_maps = item.fine_maps;
+    let top_fine_map = move || match status.get() {
+        Status::Done(result) => fine_maps.with(|maps| {
+            let map = maps.iter().find(|m| m.class == result.top)?;
+            serde_json::to_string(&(map.width, map.height, &map.values)).ok()
+        }),
         _ => None,
     };
     let stages = move || match status.get() {
@@ -193,10 +205,12 @@ pub fn ItemView(
         move || match status.get() {
             // An image the gate flags gets no heat map unless the user asks for its details.
             Status::Done(result) if !result.flagged() || item.reveal.get() => {
-                let top = result.top;
-                let class = Signal::derive(move || item.heatmap_class.get().unwrap_or(top));
-                view! { <HeatMap result=result class=class show=show_heatmap opacity=opacity /> }
-                    .into_any()
+                let (top, crop) = (result.top, result.crop);
+                let (class, fine_maps) = (item.heatmap_class, item.fine_maps);
+                let map = Signal::derive(move || {
+                    result.heat_map(&fine_maps.get(), class.get().unwrap_or(top))
+                });
+                view! { <HeatMap map=map crop=crop show=show_heatmap opacity=opacity /> }.into_any()
             }
             _ => ().into_any(),
         }
@@ -250,6 +264,7 @@ pub fn ItemView(
             data-status=move || status.get().name()
             data-probabilities=probabilities
             data-top-map=top_map
+            data-top-fine-map=top_fine_map
             data-millis=millis
             data-stages=stages
             data-worker=move || item.worker.get()

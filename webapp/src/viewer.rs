@@ -143,6 +143,8 @@ pub fn Viewer(
     show_heatmap: RwSignal<bool>,
     opacity: RwSignal<f64>,
     card: Memo<Option<Arc<ModelCard>>>,
+    /// Asks for the fine heat map of (image, class), which the viewer shows once it arrives.
+    want_fine_map: Callback<(u32, usize)>,
 ) -> impl IntoView {
     // The batch's classified images, in order, and where the viewer is among them.
     let done = move || {
@@ -162,6 +164,19 @@ pub fn Viewer(
         Some((index, done.len(), id))
     });
     let item_of = move |id: u32| items.with(|items| items.iter().find(|i| i.id == id).cloned());
+    // The fine heat map of the image and class on screen, asked for as soon as they change.
+    Effect::new(move |_| {
+        let Some(item) = current.get().and_then(|(_, _, id)| item_of(id)) else {
+            return;
+        };
+        let Status::Done(result) = item.status.get() else {
+            return;
+        };
+        if !result.flagged() || item.reveal.get() {
+            let class = item.heatmap_class.get().unwrap_or(result.top);
+            want_fine_map.run((item.id, class));
+        }
+    });
     let step = move |by: isize| {
         let done = done();
         if let Some((index, count, _)) = current.get_untracked() {
@@ -341,6 +356,11 @@ pub fn Viewer(
         let heatmap_class = item.heatmap_class;
         let class = Signal::derive(move || heatmap_class.get().unwrap_or(top));
         let flagged = result.flagged() && !item.reveal.get();
+        let fine_maps = item.fine_maps;
+        let map = Signal::derive({
+            let result = result.clone();
+            move || result.heat_map(&fine_maps.get(), class.get())
+        });
         let class_options = classes
             .get()
             .into_iter()
@@ -404,7 +424,7 @@ pub fn Viewer(
                 >
                     <div class="viewer-frame" style:transform=move || view_state.get().transform()>
                         <canvas data-testid="viewer-image" node_ref=canvas></canvas>
-                        {(!flagged).then(|| view! { <HeatMap result=result.clone() class=class show=show_heatmap opacity=opacity /> })}
+                        {(!flagged).then(|| view! { <HeatMap map=map crop=crop show=show_heatmap opacity=opacity /> })}
                         <div
                             class="crop-outline"
                             title="The part of the image the network saw"
@@ -416,7 +436,14 @@ pub fn Viewer(
                     </div>
                 </div>
                 <div class="viewer-legend">
-                    <span>"Heat map: where the network looked for the chosen class, not where disease is. Low"</span>
+                    <span data-testid="viewer-map-method">
+                        {move || if flagged {
+                            "No heat map: the gate flagged this image (Show probabilities anyway shows it).".to_string()
+                        } else {
+                            format!("Heat map ({}):", map.with(|m| m.describe()))
+                        }}
+                    </span>
+                    <span>"where the network looked for the chosen class, not where disease is. Low"</span>
                     <span class="ramp" style:background=heatmap::css_gradient()></span>
                     <span>"high. Dashed box: the crop the network saw."</span>
                 </div>

@@ -399,8 +399,12 @@ impl CustomOp2 for Conv2dTrain {
             true => Some(grad.apply_op2_no_bwd(weight, &Conv2dGradInput(self.0))?),
             false => None,
         };
-        let grad_weight = x.apply_op2_no_bwd(&grad, &Conv2dGradWeight(self.0))?;
-        Ok((grad_x, Some(grad_weight)))
+        // A frozen weight (an attribution map's backward pass) needs none either.
+        let grad_weight = match weight.track_op() {
+            true => Some(x.apply_op2_no_bwd(&grad, &Conv2dGradWeight(self.0))?),
+            false => None,
+        };
+        Ok((grad_x, grad_weight))
     }
 }
 
