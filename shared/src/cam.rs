@@ -54,6 +54,22 @@ impl ClassActivationMaps {
     }
 }
 
+/// LayerCAM (Jiang et al., 2021): at each position, the channels' activations weighted by the
+/// positive part of the class score's gradient there, summed, positive part. Unlike Grad-CAM's
+/// one weight per channel it stays sharp on early layers.
+/// `activation`, `gradient` (C, h, w) -> (h, w)
+pub fn layer_cam(activation: &Tensor, gradient: &Tensor) -> Result<Tensor> {
+    Ok((gradient.relu()? * activation)?.sum(0)?.relu()?)
+}
+
+/// Grad-CAM (Selvaraju et al., 2017): the channels' activations weighted by their mean
+/// gradient, summed, positive part.
+/// `activation`, `gradient` (C, h, w) -> (h, w)
+pub fn grad_cam(activation: &Tensor, gradient: &Tensor) -> Result<Tensor> {
+    let weights = gradient.mean_keepdim(2)?.mean_keepdim(1)?; // (C, 1, 1)
+    Ok(activation.broadcast_mul(&weights)?.sum(0)?.relu()?)
+}
+
 /// A map's positive part scaled to [0, 1] (all zero when it has no positive value).
 pub fn normalized(map: &[f32]) -> Vec<f32> {
     let max = map.iter().cloned().fold(0f32, f32::max);
@@ -97,7 +113,7 @@ impl HeatMap {
         }
     }
 
-    /// The fine map of `class` from `layer_cam` (h, w), the raw LayerCAM.
+    /// The fine map of `class` from `layer_cam` (h, w), the raw LayerCAM on layer2.
     pub fn fine(class: usize, layer_cam: &Tensor) -> Result<Self> {
         let (height, width) = layer_cam.dims2()?;
         Ok(Self {
@@ -116,5 +132,44 @@ impl HeatMap {
             MapMethod::Layer2LayerCam => "LayerCAM on layer2",
         };
         format!("{method}, {}x{}", self.width, self.height)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Two channels on a 1x2 grid: activations [[1, 2]], [[3, 4]]; gradients [[1, -1]], [[-2, 2]].
+    fn example() -> (Tensor, Tensor) {
+        let device = Device::Cpu;
+        let activation = Tensor::new(&[[[1f32, 2.]], [[3., 4.]]], &device).unwrap();
+        let gradient = Tensor::new(&[[[1f32, -1.]], [[-2., 2.]]], &device).unwrap();
+        (activation, gradient)
+    }
+
+    #[test]
+    fn layer_cam_weighs_each_position_by_its_own_positive_gradient() {
+        let (activation, gradient) = example();
+        let map = layer_cam(&activation, &gradient).unwrap();
+        // left: 1*1 + 0*3 = 1; right: 0*2 + 2*4 = 8
+        assert_eq!(map.to_vec2::<f32>().unwrap(), [[1.0, 8.0]]);
+    }
+
+    #[test]
+    fn grad_cam_weighs_each_channel_by_its_mean_gradient() {
+        let (activation, gradient) = example();
+        let map = grad_cam(&activation, &gradient).unwrap();
+        // channel weights: mean(1, -1) = 0 and mean(-2, 2) = 0: no evidence anywhere.
+        assert_eq!(map.to_vec2::<f32>().unwrap(), [[0.0, 0.0]]);
+        let gradient = (gradient + 1.0).unwrap(); // weights 1 and 1
+        let map = grad_cam(&activation, &gradient).unwrap();
+        assert_eq!(map.to_vec2::<f32>().unwrap(), [[4.0, 6.0]]);
+    }
+
+    #[test]
+    fn normalized_keeps_the_positive_part_scaled_to_one() {
+        assert_eq!(normalized(&[-1.0, 2.0, 4.0]), [0.0, 0.5, 1.0]);
+        assert_eq!(normalized(&[-1.0, 0.0]), [0.0, 0.0]);
     }
 }

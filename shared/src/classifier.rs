@@ -8,7 +8,7 @@ use crate::calibration::softmax_with_temperature;
 use crate::ood::{GateFeatures, MahalanobisGate};
 use crate::operating_point::OperatingPoint;
 
-use crate::cam::{ClassActivationMaps, HeatMap};
+use crate::cam::{layer_cam, ClassActivationMaps, HeatMap};
 use crate::card::ModelCard;
 use crate::checkpoint::Checkpoint;
 use crate::decode::decode_rgb;
@@ -184,7 +184,8 @@ impl Classifier {
     /// second pass with a backward one, so the page asks for it apart from the classification.
     pub fn fine_map(&self, input: &Tensor, class: usize) -> Result<HeatMap> {
         let layer2 = self.model.forward_layer2(input)?.get(0)?;
-        HeatMap::fine(class, &self.model.layer_cam(&layer2, class)?)
+        let gradient = self.model.layer2_gradient(&layer2, class)?;
+        HeatMap::fine(class, &layer_cam(&layer2, &gradient)?)
     }
 
     /// Classifies a normalised batch (N, 3, H, W).

@@ -296,13 +296,11 @@ impl ResNet50 {
         Ok(x)
     }
 
-    /// LayerCAM (Jiang et al., 2021) of `class` on `layer2`'s output, the finest map the heat map
-    /// shows: at each position, the channels' activations weighted by the positive part of the
-    /// class score's gradient there, summed, positive part. Finer than the last block's CAM
-    /// (H/8 instead of H/32 on a side) and, unlike Grad-CAM's one weight per channel, reliable
-    /// that early in the network. Runs layer3, layer4 and the head again with autograd.
-    /// `layer2_map` (512, H/8, W/8) of one image -> (H/8, W/8)
-    pub fn layer_cam(&self, layer2_map: &Tensor, class: usize) -> Result<Tensor> {
+    /// The gradient of `class`'s score (logit) with respect to `layer2`'s output, for the
+    /// attribution maps on that layer (`cam::layer_cam`, `cam::grad_cam`). Runs layer3, layer4
+    /// and the head again with autograd, through ops that have a backward pass.
+    /// `layer2_map` (512, H/8, W/8) of one image -> the same shape
+    pub fn layer2_gradient(&self, layer2_map: &Tensor, class: usize) -> Result<Tensor> {
         if class >= self.num_classes {
             candle_core::bail!("class {class} of a {}-class model", self.num_classes);
         }
@@ -314,13 +312,10 @@ impl ResNet50 {
         let features = x.mean(D::Minus1)?.mean(D::Minus1)?; // (1, 2048)
         let score = self.fc.forward(&features)?.get(0)?.get(class)?;
         let grads = score.backward()?;
-        let Some(gradient) = grads.get(activation.as_tensor()) else {
-            candle_core::bail!("the class score does not depend on layer2")
-        };
-        (gradient.relu()? * activation.as_tensor())?
-            .sum(1)?
-            .relu()?
-            .squeeze(0) // (h, w)
+        match grads.get(activation.as_tensor()) {
+            Some(gradient) => gradient.squeeze(0),
+            None => candle_core::bail!("the class score does not depend on layer2"),
+        }
     }
 
     /// (N, 3, H, W) normalised images -> logits (N, classes), features (N, 2048) and the `layer4`

@@ -107,7 +107,6 @@ export async function finishedItems(page, count, timeout = 300_000, polling = 20
       name: item.dataset.name,
       status: item.dataset.status,
       probabilities: item.dataset.probabilities ? JSON.parse(item.dataset.probabilities) : null,
-      topMap: item.dataset.topMap ? JSON.parse(item.dataset.topMap) : null,
       // [width, height, values] of the top class's fine map, once the worker has sent it.
       topFineMap: item.dataset.topFineMap ? JSON.parse(item.dataset.topFineMap) : null,
       millis: item.dataset.millis ? Number(item.dataset.millis) : null,

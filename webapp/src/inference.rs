@@ -182,10 +182,6 @@ fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<(ImageResult, Tenso
     let prediction = classifier
         .classify_input_timed(&input, &mut watch)
         .map_err(|e| e.to_string())?;
-    let cams = (0..classifier.classes().len())
-        .map(|class| prediction.cams.normalized(class))
-        .collect();
-    watch.lap("maps");
     let preview = match decoded.dicom {
         Some(_) => Some(png_data_url(
             &preview_png(&image, PREVIEW_SIDE).map_err(|e| e.to_string())?,
@@ -199,9 +195,6 @@ fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<(ImageResult, Tenso
         height: image.height(),
         top: prediction.top,
         probabilities: prediction.probabilities,
-        cams,
-        cam_height: prediction.cams.height,
-        cam_width: prediction.cams.width,
         crop: classifier
             .preprocessing()
             .crop_region(image.width(), image.height()),

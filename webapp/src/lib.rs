@@ -6,6 +6,7 @@ pub mod card_panel;
 pub mod heatmap;
 pub mod inference;
 pub mod js;
+pub mod page;
 pub mod pdf_report;
 pub mod picture;
 pub mod pool;

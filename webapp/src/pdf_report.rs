@@ -9,8 +9,9 @@ use leptos::prelude::*;
 use pneumoscope::report::{finding_lines, overlay, report_pdf, Findings, ReportEntry};
 use pneumoscope::ModelCard;
 
-use crate::app::{download, Item, Status};
+use crate::app::download;
 use crate::js::error_message;
+use crate::page::{Item, Status};
 use crate::picture::load_picture;
 use crate::protocol::ImageResult;
 
@@ -35,7 +36,7 @@ async fn entry(
         .min(card.classes.len().saturating_sub(1));
     // A flagged image's report shows no heat map unless the user revealed it, as on the page.
     let shown = !result.flagged() || item.reveal.get_untracked();
-    let map = shown.then(|| result.heat_map(&item.fine_maps.get_untracked(), class));
+    let map = shown.then(|| untrack(|| item.heat_map(class))).flatten();
     let picture = match &map {
         Some(map) => overlay(&picture, map, result.crop, opacity),
         None => picture,

@@ -1,7 +1,7 @@
 //! Messages between the page and the inference worker. They travel as JSON strings; an image's
 //! bytes travel beside the message as a transferred `Uint8Array`, never inside it.
 
-use pneumoscope::cam::{HeatMap, MapMethod};
+use pneumoscope::cam::HeatMap;
 use pneumoscope::dicom::DicomInfo;
 use pneumoscope::preprocess::CropRegion;
 use pneumoscope::stage_times::StageTimes;
@@ -71,10 +71,6 @@ pub struct ImageResult {
     /// Calibrated (temperature-scaled) probabilities, in the card's class order.
     pub probabilities: Vec<f32>,
     pub top: usize,
-    /// One class activation map per class, scaled to [0, 1], row-major `cam_height * cam_width`.
-    pub cams: Vec<Vec<f32>>,
-    pub cam_height: usize,
-    pub cam_width: usize,
     /// The part of the image the network saw, where the maps belong.
     pub crop: CropRegion,
     /// The out-of-distribution gate's verdict, when the model has a gate.
@@ -112,21 +108,6 @@ impl ImageResult {
         } else {
             classes.get(self.top).cloned().unwrap_or_default()
         }
-    }
-
-    /// The heat map to draw for `class`: its fine map from `fine` when the worker has sent it,
-    /// else the last block's map that came with the result.
-    pub fn heat_map(&self, fine: &[HeatMap], class: usize) -> HeatMap {
-        fine.iter()
-            .find(|map| map.class == class)
-            .cloned()
-            .unwrap_or_else(|| HeatMap {
-                class,
-                width: self.cam_width,
-                height: self.cam_height,
-                values: self.cams.get(class).cloned().unwrap_or_default(),
-                method: MapMethod::LastBlockCam,
-            })
     }
 }
 

@@ -86,9 +86,6 @@ mod tests {
             height: 10,
             probabilities: vec![0.7, 0.2, 0.1],
             top: 0,
-            cams: vec![],
-            cam_height: 0,
-            cam_width: 0,
             crop: CropRegion {
                 left: 0.0,
                 top: 0.0,

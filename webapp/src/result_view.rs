@@ -9,26 +9,27 @@ use pneumoscope::ModelCard;
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
-use crate::app::{percent, Item, Status};
+use crate::app::percent;
 use crate::heatmap;
+use crate::page::{Item, Status};
 use crate::pdf_report::{report_name, SaveReport};
 use crate::protocol::ImageResult;
 
-/// The heat map over the crop the network saw: `map` is the fine one once the worker has sent
-/// it, the last block's before.
+/// The heat map over the crop the network saw, once the worker has sent it (nothing before: the
+/// last block's map that comes with the result scores worse than a random map on the deletion
+/// metric, `cargo bench -p trainer --bench attribution`, so it is never drawn).
 #[component]
 pub(crate) fn HeatMap(
-    map: Signal<pneumoscope::cam::HeatMap>,
+    map: Signal<Option<pneumoscope::cam::HeatMap>>,
     crop: CropRegion,
     show: RwSignal<bool>,
     opacity: RwSignal<f64>,
 ) -> impl IntoView {
     let canvas = NodeRef::<leptos::html::Canvas>::new();
     Effect::new(move |_| {
-        let Some(canvas) = canvas.get() else {
+        let (Some(canvas), Some(map)) = (canvas.get(), map.get()) else {
             return;
         };
-        let map = map.get();
         // Resizing clears the canvas, so the size is set here, right before drawing.
         canvas.set_width(map.width as u32);
         canvas.set_height(map.height as u32);
@@ -55,15 +56,15 @@ pub(crate) fn HeatMap(
         <canvas
             class="heatmap"
             data-testid="heatmap"
-            data-map-size=move || map.with(|m| format!("{}x{}", m.width, m.height))
-            title=move || map.with(|m| m.describe())
+            data-map-size=move || map.with(|m| m.as_ref().map(|m| format!("{}x{}", m.width, m.height)))
+            title=move || map.with(|m| m.as_ref().map(|m| m.describe()))
             node_ref=canvas
             style:left=format!("{}%", crop.left * 100.0)
             style:top=format!("{}%", crop.top * 100.0)
             style:width=format!("{}%", crop.width * 100.0)
             style:height=format!("{}%", crop.height * 100.0)
             style:opacity=move || opacity.get().to_string()
-            style:display=move || if show.get() { "block" } else { "none" }
+            style:display=move || if show.get() && map.with(Option::is_some) { "block" } else { "none" }
         ></canvas>
     }
 }
@@ -183,11 +184,8 @@ pub fn ItemView(
         Status::Done(result) => serde_json::to_string(&result.probabilities).ok(),
         _ => None,
     };
-    // The top class's maps as computed (before colouring), for comparison with trainer predict.
-    let top_map = move || match status.get() {
-        Status::Done(result) => serde_json::to_string(&result.cams.get(result.top)).ok(),
-        _ => None,
-    };
+    // The top class's heat map as computed (before colouring), for comparison with trainer
+    // predict.
     let fine_maps = item.fine_maps;
     let top_fine_map = move || match status.get() {
         Status::Done(result) => fine_maps.with(|maps| {
@@ -206,10 +204,9 @@ pub fn ItemView(
             // An image the gate flags gets no heat map unless the user asks for its details.
             Status::Done(result) if !result.flagged() || item.reveal.get() => {
                 let (top, crop) = (result.top, result.crop);
-                let (class, fine_maps) = (item.heatmap_class, item.fine_maps);
-                let map = Signal::derive(move || {
-                    result.heat_map(&fine_maps.get(), class.get().unwrap_or(top))
-                });
+                let item = item.clone();
+                let map =
+                    Signal::derive(move || item.heat_map(item.heatmap_class.get().unwrap_or(top)));
                 view! { <HeatMap map=map crop=crop show=show_heatmap opacity=opacity /> }.into_any()
             }
             _ => ().into_any(),
@@ -263,7 +260,6 @@ pub fn ItemView(
             data-name=item.name.clone()
             data-status=move || status.get().name()
             data-probabilities=probabilities
-            data-top-map=top_map
             data-top-fine-map=top_fine_map
             data-millis=millis
             data-stages=stages

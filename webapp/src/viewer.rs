@@ -10,8 +10,8 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{CanvasRenderingContext2d, HtmlCanvasElement, HtmlImageElement};
 
-use crate::app::{Item, Status};
 use crate::heatmap;
+use crate::page::{Item, Status};
 use crate::pdf_report::{report_name, SaveReport};
 use crate::picture::{read_picture, Picture};
 use crate::result_view::{HeatMap, HeatmapControls};
@@ -356,10 +356,9 @@ pub fn Viewer(
         let heatmap_class = item.heatmap_class;
         let class = Signal::derive(move || heatmap_class.get().unwrap_or(top));
         let flagged = result.flagged() && !item.reveal.get();
-        let fine_maps = item.fine_maps;
         let map = Signal::derive({
-            let result = result.clone();
-            move || result.heat_map(&fine_maps.get(), class.get())
+            let item = item.clone();
+            move || item.heat_map(class.get())
         });
         let class_options = classes
             .get()
@@ -437,10 +436,10 @@ pub fn Viewer(
                 </div>
                 <div class="viewer-legend">
                     <span data-testid="viewer-map-method">
-                        {move || if flagged {
-                            "No heat map: the gate flagged this image (Show probabilities anyway shows it).".to_string()
-                        } else {
-                            format!("Heat map ({}):", map.with(|m| m.describe()))
+                        {move || match (flagged, map.get()) {
+                            (true, _) => "No heat map: the gate flagged this image (Show probabilities anyway shows it).".to_string(),
+                            (false, None) => "Heat map: computing (LayerCAM on layer2)…".to_string(),
+                            (false, Some(map)) => format!("Heat map ({}):", map.describe()),
                         }}
                     </span>
                     <span>"where the network looked for the chosen class, not where disease is. Low"</span>
