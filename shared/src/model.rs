@@ -125,27 +125,6 @@ impl ConvBn {
         }
     }
 
-    /// `forward_t` in eval mode through ops that autograd can follow (the fused inference op has
-    /// no backward), for attribution maps: the folded convolution by the training op, its bias
-    /// and ReLU as tensor ops.
-    fn forward_differentiable(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
-        let Some(folded) = &self.folded else {
-            return self.forward_t(x, false, relu);
-        };
-        let unbiased = Conv2d::new(folded.weight().clone(), None, *folded.config());
-        let y = match folded.bias() {
-            Some(bias) => {
-                conv2d_train(x, &unbiased)?.broadcast_add(&bias.reshape((1, (), 1, 1))?)?
-            }
-            None => conv2d_train(x, &unbiased)?,
-        };
-        if relu {
-            y.relu()
-        } else {
-            Ok(y)
-        }
-    }
-
     /// relu(conv-bn(x) + identity), the bottleneck's last unit, in one pass once folded.
     fn forward_residual(&self, x: &Tensor, identity: &Tensor, train: bool) -> Result<Tensor> {
         match &self.folded {
@@ -202,18 +181,6 @@ impl Bottleneck {
             None => x.clone(),
         };
         self.expand.forward_residual(&out, &identity, train)
-    }
-
-    /// `forward_t` in eval mode, differentiable (see `ConvBn::forward_differentiable`).
-    fn forward_differentiable(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.reduce.forward_differentiable(x, true)?;
-        let out = self.spatial.forward_differentiable(&out, true)?;
-        let out = self.expand.forward_differentiable(&out, false)?;
-        let identity = match &self.downsample {
-            Some(downsample) => downsample.forward_differentiable(x, false)?,
-            None => x.clone(),
-        };
-        (out + identity)?.relu()
     }
 }
 
@@ -298,7 +265,8 @@ impl ResNet50 {
 
     /// The gradient of `class`'s score (logit) with respect to `layer2`'s output, for the
     /// attribution maps on that layer (`cam::layer_cam`, `cam::grad_cam`). Runs layer3, layer4
-    /// and the head again with autograd, through ops that have a backward pass.
+    /// and the head again in eval mode with autograd (the fused inference ops pass the gradient
+    /// to their inputs; the weights stay frozen).
     /// `layer2_map` (512, H/8, W/8) of one image -> the same shape
     pub fn layer2_gradient(&self, layer2_map: &Tensor, class: usize) -> Result<Tensor> {
         if class >= self.num_classes {
@@ -307,7 +275,7 @@ impl ResNet50 {
         let activation = Var::from_tensor(&layer2_map.unsqueeze(0)?)?; // (1, 512, h, w)
         let mut x = activation.as_tensor().clone();
         for block in self.stages[2..].iter().flatten() {
-            x = block.forward_differentiable(&x)?;
+            x = block.forward_t(&x, false)?;
         }
         let features = x.mean(D::Minus1)?.mean(D::Minus1)?; // (1, 2048)
         let score = self.fc.forward(&features)?.get(0)?.get(class)?;

@@ -69,9 +69,8 @@ before(async () => {
   page.on("pageerror", (error) => console.error("page error:", error));
   await page.goto(server.origin);
   assert.equal(await modelState(page), "ready", "the model did not load");
-  // One worker per core (at most 4) once the first has the model.
+  // A batch brings one worker per core (at most 4); a single image keeps one.
   workers = await page.evaluate(() => Math.min(navigator.hardwareConcurrency, 4));
-  await workersReady(page, workers);
 });
 
 after(async () => {
@@ -121,6 +120,7 @@ test("the page classifies radiographs exactly like trainer predict, bad files fa
   assert.ok(flagged.length > 0, "no image was flagged: the warning path went untested");
   console.log(`flagged by the gate: ${flagged.map((p) => basename(p)).join(", ")}`);
   // The batch ran on every worker of the pool, and every result says which.
+  await workersReady(page, workers);
   const used = new Set(items.filter((i) => i.status === "done").map((i) => i.worker));
   assert.ok(!used.has(null), "a classified image names no worker");
   assert.equal(used.size, Math.min(workers, IMAGES.length), `workers used: ${[...used]}`);

@@ -141,9 +141,7 @@ impl Page {
                     self.load_stages.set(load_stages);
                     self.model.set(ModelState::Ready(Arc::new(*card)));
                     register_service_worker();
-                    for index in self.pool.with_value(Pool::slot_count)..pool_size() {
-                        self.start_worker(index);
-                    }
+                    self.grow_pool_if_images_wait();
                 }
             }
             FromWorker::LoadFailed { message } => {
@@ -198,6 +196,17 @@ impl Page {
                 self.set_status(id, Status::Failed(message));
                 self.pool.update_value(|pool| pool.finished(worker));
             }
+        }
+    }
+
+    /// One more worker (up to `pool_size`) while an image waits for a free one. Only then: a
+    /// worker loading its model while the first image is classified would slow that image.
+    fn grow_pool_if_images_wait(&self) {
+        let (waiting, workers) = self
+            .pool
+            .with_value(|pool| (pool.waiting(), pool.slot_count()));
+        if self.model_ready() && waiting > 0 && workers < pool_size() {
+            self.start_worker(workers);
         }
     }
 
@@ -303,8 +312,11 @@ impl Page {
                 continue;
             }
             let page = *self;
+            page.pool.update_value(Pool::begin_reading);
             wasm_bindgen_futures::spawn_local(async move {
-                match JsFuture::from(file.array_buffer()).await {
+                let read = JsFuture::from(file.array_buffer()).await;
+                page.pool.update_value(Pool::end_reading);
+                match read {
                     Ok(buffer) => match page.model.get_untracked() {
                         ModelState::Failed(message) => {
                             item.status.set(Status::Failed(no_model(&message)))
@@ -312,6 +324,7 @@ impl Page {
                         _ => {
                             item.status.set(Status::Queued);
                             page.pool.update_value(|pool| pool.enqueue(id, buffer));
+                            page.grow_pool_if_images_wait();
                         }
                     },
                     Err(error) => item.status.set(Status::Failed(format!(

@@ -1,7 +1,7 @@
 //! The inference workers and the images waiting for them. The first worker loads the model alone
 //! (the page is usable as soon as it is ready, and the download is not shared with others);
-//! once it is ready, more start, one model each, up to the cores the browser reports and what
-//! its memory allows. A free worker takes the oldest waiting image, one image at a time, so a
+//! once it is ready, more start while images wait for a free one, one model each, up to the
+//! cores the browser reports and what its memory allows. A free worker takes the oldest waiting image, one image at a time, so a
 //! batch runs on every worker and a slow image holds up only its own worker. Fine heat maps are
 //! jobs for the worker that classified the image (it keeps the network's input): one the viewer
 //! shows goes ahead of waiting images, the others run when no image waits.
@@ -79,6 +79,9 @@ pub struct Pool {
     slots: Vec<Option<Slot>>,
     /// Images waiting for a free worker, oldest first, with their bytes.
     queue: VecDeque<(u32, JsValue)>,
+    /// Files still being read: background heat maps wait for them too, so that a worker does
+    /// not start a map just before the next image arrives.
+    reading: usize,
 }
 
 impl Pool {
@@ -109,6 +112,11 @@ impl Pool {
 
     pub fn slot_count(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Images queued for a free worker.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
     }
 
     /// Workers holding a loaded model.
@@ -168,6 +176,15 @@ impl Pool {
         self.dispatch();
     }
 
+    pub fn begin_reading(&mut self) {
+        self.reading += 1;
+    }
+
+    pub fn end_reading(&mut self) {
+        self.reading = self.reading.saturating_sub(1);
+        self.dispatch();
+    }
+
     /// Every queued image's id, emptying the queue.
     pub fn drain_queue(&mut self) -> Vec<u32> {
         self.queue.drain(..).map(|(id, _)| id).collect()
@@ -178,7 +195,7 @@ impl Pool {
     }
 
     /// Gives every free ready worker its next job: a fine map wanted now, the oldest queued
-    /// image, or a background fine map.
+    /// image, or, when no image waits or is being read, a background fine map.
     fn dispatch(&mut self) {
         for slot in self.slots.iter_mut().flatten() {
             if !(slot.booted && slot.ready) || slot.busy.is_some() {
@@ -193,8 +210,10 @@ impl Pool {
             } else if let Some((id, bytes)) = self.queue.pop_front() {
                 send(&slot.worker, &ToWorker::Classify { id }, Some(&bytes));
                 Some(Job::Image(id))
-            } else {
+            } else if self.reading == 0 {
                 slot.background.pop_front().map(fine_map)
+            } else {
+                None
             };
         }
     }

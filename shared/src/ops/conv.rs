@@ -409,6 +409,15 @@ impl CustomOp2 for Conv2dTrain {
 }
 
 /// (grad of the output, weight) -> grad of the input: col2im(W^T @ dY).
+pub(super) fn conv2d_grad_input(
+    grad: &Tensor,
+    weight: &Tensor,
+    geometry: Geometry,
+) -> Result<Tensor> {
+    grad.contiguous()?
+        .apply_op2_no_bwd(weight, &Conv2dGradInput(geometry))
+}
+
 struct Conv2dGradInput(Geometry);
 
 impl CustomOp2 for Conv2dGradInput {

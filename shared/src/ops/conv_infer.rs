@@ -6,14 +6,20 @@
 //! three more full passes with three more buffers. Here each image's output starts as bias (plus
 //! residual), one threaded gemm accumulates the product into it (a 1x1 stride-1 convolution
 //! reads the image itself as its patch matrix), and the ReLU runs over it while it is in cache.
+//!
+//! Its backward pass treats the weights as frozen: the gradient reaches the input (and the
+//! residual) only, through the ReLU's mask and the training op's transposed product. That is
+//! what an attribution map on an earlier layer needs (`ResNet50::layer2_gradient`); nothing
+//! trains through this op.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use candle_nn::Conv2d;
 
 use rayon::prelude::*;
 
-use crate::ops::conv::{matmul_with, Geometry, Matrix};
+use crate::ops::conv::{conv2d_grad_input, matmul_with, Geometry, Matrix};
 use crate::ops::cpu_slice::contiguous_f32;
+use crate::ops::residual::relu_backward;
 
 /// relu?(conv(x) + bias + residual?) for a convolution with a bias (a folded batch norm).
 /// (N, C_in, H, W) -> (N, C_out, H_out, W_out); `residual` has the output's shape.
@@ -40,10 +46,12 @@ pub fn conv2d_infer(
         relu,
     };
     let x = x.contiguous()?;
-    let weight = conv.weight().contiguous()?;
+    // Frozen: no gradient is asked of the weight, whatever it was computed from.
+    let weight = conv.weight().contiguous()?.detach();
+    // Outside autograd (no input tracks a gradient) these record nothing.
     match residual {
-        Some(residual) => x.apply_op3_no_bwd(&weight, &residual.contiguous()?, &op),
-        None => x.apply_op2_no_bwd(&weight, &op),
+        Some(residual) => x.apply_op3(&weight, &residual.contiguous()?, op),
+        None => x.apply_op2(&weight, op),
     }
 }
 
@@ -84,6 +92,14 @@ fn threads() -> usize {
 }
 
 impl ConvInfer {
+    /// The gradient of the convolution's output before the ReLU.
+    fn pre_activation_grad(&self, y: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        match self.relu {
+            true => relu_backward(grad, y),
+            false => grad.contiguous(),
+        }
+    }
+
     fn run(&self, x: &[f32], weight: &[f32], residual: Option<&[f32]>) -> (CpuStorage, Shape) {
         let g = self.geometry;
         let positions = g.positions();
@@ -136,6 +152,17 @@ impl CustomOp2 for ConvInfer {
     ) -> Result<(CpuStorage, Shape)> {
         Ok(self.run(contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?, None))
     }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        weight: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = self.pre_activation_grad(y, grad)?;
+        Ok((Some(conv2d_grad_input(&grad, weight, self.geometry)?), None))
+    }
 }
 
 impl CustomOp3 for ConvInfer {
@@ -159,12 +186,25 @@ impl CustomOp3 for ConvInfer {
             Some(residual),
         ))
     }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        weight: &Tensor,
+        _residual: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = self.pre_activation_grad(y, grad)?;
+        let grad_x = conv2d_grad_input(&grad, weight, self.geometry)?;
+        Ok((Some(grad_x), None, Some(grad)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_diff_and_scale;
+    use crate::test_util::{grads_of, max_diff_and_scale};
     use candle_nn::Conv2dConfig;
 
     /// The fused op against candle's conv2d, bias add, residual add and ReLU.
@@ -193,6 +233,47 @@ mod tests {
                 residual.is_some()
             );
         }
+    }
+
+    /// The gradients reaching the input and the residual, against candle's autograd.
+    fn check_backward(c_in: usize, size: usize, c_out: usize, k: usize, stride: usize) {
+        let device = Device::Cpu;
+        let padding = k / 2;
+        let x = candle_core::Var::randn(0f32, 1.0, (1, c_in, size, size), &device).unwrap();
+        let weight = Tensor::randn(0f32, 0.3, (c_out, c_in, k, k), &device).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, c_out, &device).unwrap();
+        let config = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(weight, Some(bias), config);
+        let out = (size + 2 * padding - k) / stride + 1;
+        let residual = candle_core::Var::randn(0f32, 1.0, (1, c_out, out, out), &device).unwrap();
+        let upstream = Tensor::randn(0f32, 1.0, (1, c_out, out, out), &device).unwrap();
+        for (with_residual, relu) in [(false, false), (false, true), (true, true)] {
+            let r = with_residual.then(|| residual.as_tensor());
+            let inputs = [x.as_tensor(), residual.as_tensor()];
+            let fused = conv2d_infer(&x, &conv, r, relu).unwrap();
+            let reference = by_tensor_ops(&x, &conv, r, relu).unwrap();
+            let fused = grads_of(&fused, &upstream, &inputs[..1 + with_residual as usize]);
+            let reference = grads_of(&reference, &upstream, &inputs[..1 + with_residual as usize]);
+            for (f, r) in fused.iter().zip(&reference) {
+                let (diff, scale) = max_diff_and_scale(f, r);
+                assert!(
+                    diff <= 1e-4 * scale.max(1.0),
+                    "k {k} stride {stride} relu {relu}: {diff} of {scale}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_reach_the_input_and_the_residual_as_in_candle() {
+        check_backward(8, 9, 16, 3, 1);
+        check_backward(8, 9, 16, 3, 2);
+        check_backward(16, 7, 8, 1, 1);
+        check_backward(8, 10, 16, 1, 2);
     }
 
     #[test]

@@ -60,9 +60,14 @@ impl CustomOp2 for AddRelu {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let passed = grad.contiguous()?.apply_op2_no_bwd(res, &ReluGrad)?;
+        let passed = relu_backward(grad, res)?;
         Ok((Some(passed.clone()), Some(passed)))
     }
+}
+
+/// The gradient of a ReLU's input from that of its output and the output `y`, in one pass.
+pub(crate) fn relu_backward(grad: &Tensor, y: &Tensor) -> Result<Tensor> {
+    grad.contiguous()?.apply_op2_no_bwd(y, &ReluGrad)
 }
 
 /// The gradient that passes a ReLU back, given its output `y`: where `y > 0`, as PyTorch.
