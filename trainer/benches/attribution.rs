@@ -102,9 +102,9 @@ fn main() {
     let side = card.preprocessing.crop;
     let names = [
         "random map",
-        "CAM of layer4 (the page's first map)",
+        "CAM of layer4 (what the page drew before)",
         "Grad-CAM on layer2",
-        "LayerCAM on layer2 (the page's fine map)",
+        "LayerCAM on layer2 (the page's heat map)",
     ];
     let mut aucs: Vec<Vec<f32>> = vec![Vec::new(); names.len()];
     let mut millis = vec![0f64; names.len()];
