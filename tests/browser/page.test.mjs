@@ -444,6 +444,17 @@ test("Save report writes the shared PDF report in the browser, per image and for
   console.log(`report: ${pdf.length} bytes for one image, batch of ${done} pages`);
 });
 
+test("a report that cannot be made says why on the page", async () => {
+  const tab = await context.newPage();
+  await tab.goto(server.origin);
+  assert.equal(await modelState(tab), "ready");
+  await tab.getByTestId("save-batch-report").click();
+  const error = tab.getByTestId("report-error");
+  await error.waitFor();
+  assert.match(await error.textContent(), /could not be saved: no classified image/);
+  await tab.close();
+});
+
 test("axe-core finds no serious or critical accessibility violation, on the page and in the viewer", async () => {
   for (const state of ["page with results", "viewer open"]) {
     if (state === "viewer open") {

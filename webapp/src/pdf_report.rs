@@ -84,11 +84,18 @@ pub fn report_name(image: &str) -> String {
     format!("{stem}-report.pdf")
 }
 
-/// Starts `save` and logs a failure (the button has nowhere better to say it).
-pub fn save_in_background(card: Arc<ModelCard>, items: Vec<Item>, opacity: f32, file_name: String) {
+/// Starts `save`; a failure is put in `failure` for the button to show.
+fn save_in_background(
+    card: Arc<ModelCard>,
+    items: Vec<Item>,
+    opacity: f32,
+    file_name: String,
+    failure: RwSignal<Option<String>>,
+) {
+    failure.set(None);
     leptos::task::spawn_local(async move {
         if let Err(message) = save(card, items, opacity, file_name).await {
-            web_sys::console::error_1(&format!("report: {message}").into());
+            failure.set(Some(format!("The report could not be saved: {message}")));
         }
     });
 }
@@ -103,6 +110,7 @@ pub fn SaveReport(
     file_name: String,
     test_id: &'static str,
 ) -> impl IntoView {
+    let failure = RwSignal::new(None::<String>);
     let on_click = move |_| {
         if let Some(card) = card.get_untracked() {
             save_in_background(
@@ -110,6 +118,7 @@ pub fn SaveReport(
                 items.get_untracked(),
                 opacity.get_untracked() as f32,
                 file_name.clone(),
+                failure,
             );
         }
     };
@@ -117,5 +126,8 @@ pub fn SaveReport(
         <button data-testid=test_id disabled=move || card.get().is_none() on:click=on_click>
             {label}
         </button>
+        {move || failure.get().map(|message| view! {
+            <span class="error" role="alert" data-testid="report-error">{message}</span>
+        })}
     }
 }
