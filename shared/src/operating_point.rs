@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::calibration::softmax_with_temperature;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OperatingPoint {
     pub class: String,
@@ -94,9 +96,47 @@ impl OperatingPoint {
     }
 }
 
+/// A labelled set seen one class against the rest, which is how an operating point is chosen
+/// (`trainer calibrate`) and measured (`trainer evaluate`).
+pub struct OneVsRest {
+    /// Per image, the temperature-scaled probability of every class.
+    probabilities: Vec<Vec<f32>>,
+    labels: Vec<usize>,
+}
+
+impl OneVsRest {
+    pub fn new(logits: &[Vec<f32>], labels: &[usize], temperature: f32) -> Self {
+        Self {
+            probabilities: logits
+                .iter()
+                .map(|z| softmax_with_temperature(z, temperature))
+                .collect(),
+            labels: labels.to_vec(),
+        }
+    }
+
+    /// Each image's probability of `class` and whether it belongs to `class`.
+    pub fn class(&self, class: usize) -> (Vec<f32>, Vec<bool>) {
+        let scores = self.probabilities.iter().map(|p| p[class]).collect();
+        let positive = self.labels.iter().map(|&y| y == class).collect();
+        (scores, positive)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_vs_rest_gives_each_class_its_probabilities_and_members() {
+        // Two images, two classes; temperature 1: softmax([0, ln 3]) = [0.25, 0.75].
+        let logits = vec![vec![0.0, 3f32.ln()], vec![3f32.ln(), 0.0]];
+        let set = OneVsRest::new(&logits, &[1, 0], 1.0);
+        let (scores, positive) = set.class(1);
+        assert!((scores[0] - 0.75).abs() < 1e-6 && (scores[1] - 0.25).abs() < 1e-6);
+        assert_eq!(positive, [true, false]);
+        assert_eq!(set.class(0).1, [false, true]);
+    }
 
     #[test]
     fn the_threshold_keeps_the_target_share_of_positives() {

@@ -8,13 +8,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use pneumoscope::calibration::{
-    fit_temperature, negative_log_likelihood, softmax_with_temperature, CalibrationReport,
-};
+use pneumoscope::calibration::{fit_temperature, negative_log_likelihood, CalibrationReport};
 use pneumoscope::card::{sha256_hex, ModelCard};
 use pneumoscope::checkpoint::{to_safetensors_bytes, write_atomic};
 use pneumoscope::ood::{GateFeatures, GateRecord};
-use pneumoscope::operating_point::OperatingPoint;
+use pneumoscope::operating_point::{OneVsRest, OperatingPoint};
 use pneumoscope::Classifier;
 
 use crate::data::normalized_batch;
@@ -82,16 +80,12 @@ fn operating_points(
     classes: &[String],
     sensitivity: f64,
 ) -> Vec<OperatingPoint> {
-    let probabilities: Vec<Vec<f32>> = logits
-        .iter()
-        .map(|z| softmax_with_temperature(z, temperature))
-        .collect();
+    let set = OneVsRest::new(logits, labels, temperature);
     classes
         .iter()
         .enumerate()
         .filter_map(|(class, name)| {
-            let scores: Vec<f32> = probabilities.iter().map(|p| p[class]).collect();
-            let positive: Vec<bool> = labels.iter().map(|&y| y == class).collect();
+            let (scores, positive) = set.class(class);
             OperatingPoint::choose(name, &scores, &positive, sensitivity)
         })
         .collect()

@@ -10,6 +10,7 @@ use pneumoscope::calibration::{reliability_bins, softmax_with_temperature, Calib
 use pneumoscope::card::{Evaluation, GroupEvaluation, ModelCard, OperatingPointResult};
 use pneumoscope::checkpoint::write_atomic;
 use pneumoscope::metrics::{confusion_matrix, ClassificationReport};
+use pneumoscope::operating_point::OneVsRest;
 use pneumoscope::Classifier;
 
 use crate::data::{ImageFolder, Sample};
@@ -161,19 +162,18 @@ pub fn at_operating_points(
     classifier: &Classifier,
     evaluation: &FolderEvaluation,
 ) -> Vec<OperatingPointResult> {
-    let probabilities: Vec<Vec<f32>> = evaluation
-        .logits
-        .iter()
-        .map(|z| softmax_with_temperature(z, classifier.temperature()))
-        .collect();
+    let set = OneVsRest::new(
+        &evaluation.logits,
+        &evaluation.labels,
+        classifier.temperature(),
+    );
     classifier
         .operating_points()
         .iter()
         .enumerate()
         .filter_map(|(class, point)| {
             let point = point.as_ref()?;
-            let scores: Vec<f32> = probabilities.iter().map(|p| p[class]).collect();
-            let positive: Vec<bool> = evaluation.labels.iter().map(|&y| y == class).collect();
+            let (scores, positive) = set.class(class);
             let (sensitivity, specificity) = point.measure(&scores, &positive);
             Some(OperatingPointResult {
                 class: point.class.clone(),
