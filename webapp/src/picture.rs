@@ -25,6 +25,31 @@ impl Picture {
     }
 }
 
+/// The canvas's 2d drawing context.
+pub fn context_2d(canvas: &HtmlCanvasElement) -> Result<CanvasRenderingContext2d, JsValue> {
+    Ok(canvas
+        .get_context("2d")?
+        .ok_or("no 2d context")?
+        .unchecked_into())
+}
+
+/// Sizes `canvas` to `width` x `height` (which clears it) and puts the RGBA `pixels` on it.
+pub fn put_rgba(
+    canvas: &HtmlCanvasElement,
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+) -> Result<(), JsValue> {
+    canvas.set_width(width);
+    canvas.set_height(height);
+    let data = web_sys::ImageData::new_with_u8_clamped_array_and_sh(
+        wasm_bindgen::Clamped(pixels),
+        width,
+        height,
+    )?;
+    context_2d(canvas)?.put_image_data(&data, 0.0, 0.0)
+}
+
 /// Draws a loaded `image` into a canvas at most `max_side` on its longer side and reads it back.
 pub fn read_picture(image: &HtmlImageElement, max_side: f64) -> Result<Picture, JsValue> {
     let (w, h) = (image.natural_width() as f64, image.natural_height() as f64);
@@ -39,10 +64,7 @@ pub fn read_picture(image: &HtmlImageElement, max_side: f64) -> Result<Picture, 
     let canvas: HtmlCanvasElement = document.create_element("canvas")?.unchecked_into();
     canvas.set_width(width);
     canvas.set_height(height);
-    let context: CanvasRenderingContext2d = canvas
-        .get_context("2d")?
-        .ok_or("no 2d context")?
-        .unchecked_into();
+    let context = context_2d(&canvas)?;
     context.draw_image_with_html_image_element_and_dw_and_dh(
         image,
         0.0,

@@ -7,12 +7,12 @@ use pneumoscope::preprocess::CropRegion;
 use pneumoscope::ModelCard;
 
 use leptos::prelude::*;
-use wasm_bindgen::JsCast;
 
 use crate::app::percent;
 use crate::heatmap;
 use crate::page::{Item, Status};
 use crate::pdf_report::{report_name, SaveReport};
+use crate::picture::put_rgba;
 use crate::protocol::ImageResult;
 
 /// The heat map over the crop the network saw, once the worker has sent it (nothing before: the
@@ -30,25 +30,9 @@ pub(crate) fn HeatMap(
         let (Some(canvas), Some(map)) = (canvas.get(), map.get()) else {
             return;
         };
-        // Resizing clears the canvas, so the size is set here, right before drawing.
-        canvas.set_width(map.width as u32);
-        canvas.set_height(map.height as u32);
         let pixels = heatmap::rgba(&map.values);
-        let drawn = canvas
-            .get_context("2d")
-            .ok()
-            .flatten()
-            .map(|ctx| ctx.unchecked_into::<web_sys::CanvasRenderingContext2d>())
-            .zip(
-                web_sys::ImageData::new_with_u8_clamped_array_and_sh(
-                    wasm_bindgen::Clamped(&pixels),
-                    map.width as u32,
-                    map.height as u32,
-                )
-                .ok(),
-            )
-            .map(|(ctx, image)| ctx.put_image_data(&image, 0.0, 0.0));
-        if !matches!(drawn, Some(Ok(()))) {
+        let drawn = put_rgba(&canvas, &pixels, map.width as u32, map.height as u32);
+        if drawn.is_err() {
             web_sys::console::warn_1(&"could not draw the heat map".into());
         }
     });

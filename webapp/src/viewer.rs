@@ -8,12 +8,12 @@ use leptos::prelude::*;
 use pneumoscope::ModelCard;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{CanvasRenderingContext2d, HtmlCanvasElement, HtmlImageElement};
+use web_sys::{HtmlCanvasElement, HtmlImageElement};
 
 use crate::heatmap;
 use crate::page::{Item, Status};
 use crate::pdf_report::{report_name, SaveReport};
-use crate::picture::{read_picture, Picture};
+use crate::picture::{put_rgba, read_picture, Picture};
 use crate::result_view::{HeatMap, HeatmapControls};
 
 const HELP: &str = "Drag: window/level (sideways: width, up/down: level) · Shift+drag or \
@@ -110,19 +110,8 @@ impl View {
 }
 
 fn draw(canvas: &HtmlCanvasElement, picture: &Picture, window: WindowLevel) -> Result<(), JsValue> {
-    canvas.set_width(picture.width);
-    canvas.set_height(picture.height);
     let pixels = apply_window(&picture.pixels, &window.table());
-    let data = web_sys::ImageData::new_with_u8_clamped_array_and_sh(
-        wasm_bindgen::Clamped(&pixels),
-        picture.width,
-        picture.height,
-    )?;
-    let context: CanvasRenderingContext2d = canvas
-        .get_context("2d")?
-        .ok_or("no 2d context")?
-        .unchecked_into();
-    context.put_image_data(&data, 0.0, 0.0)
+    put_rgba(canvas, &pixels, picture.width, picture.height)
 }
 
 /// Where a pointer drag started and what it changes.
