@@ -78,19 +78,8 @@ pub fn normalized(map: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// What computed a heat map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MapMethod {
-    /// The last block's class activation map (`ClassActivationMaps`), H/32 on a side: part of
-    /// every classification.
-    LastBlockCam,
-    /// LayerCAM on `layer2` (`ResNet50::layer_cam`), H/8 on a side: a second pass with a
-    /// backward one.
-    Layer2LayerCam,
-}
-
-/// One class's heat map as drawn: values in [0, 1] on a grid over the network's crop.
+/// One class's heat map as drawn: LayerCAM on `layer2` (`layer_cam`), values in [0, 1] on a
+/// grid over the network's crop, H/8 on a side.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeatMap {
     pub class: usize,
@@ -98,22 +87,10 @@ pub struct HeatMap {
     pub height: usize,
     /// Row-major `height * width`.
     pub values: Vec<f32>,
-    pub method: MapMethod,
 }
 
 impl HeatMap {
-    /// The last block's map of `class`.
-    pub fn coarse(cams: &ClassActivationMaps, class: usize) -> Self {
-        Self {
-            class,
-            width: cams.width,
-            height: cams.height,
-            values: cams.normalized(class),
-            method: MapMethod::LastBlockCam,
-        }
-    }
-
-    /// The fine map of `class` from `layer_cam` (h, w), the raw LayerCAM on layer2.
+    /// The map of `class` from `layer_cam` (h, w), the raw LayerCAM on layer2.
     pub fn fine(class: usize, layer_cam: &Tensor) -> Result<Self> {
         let (height, width) = layer_cam.dims2()?;
         Ok(Self {
@@ -121,17 +98,12 @@ impl HeatMap {
             width,
             height,
             values: normalized(&layer_cam.flatten_all()?.to_vec1::<f32>()?),
-            method: MapMethod::Layer2LayerCam,
         })
     }
 
     /// What the map is, in words, for reports and captions.
     pub fn describe(&self) -> String {
-        let method = match self.method {
-            MapMethod::LastBlockCam => "class activation map of the last block",
-            MapMethod::Layer2LayerCam => "LayerCAM on layer2",
-        };
-        format!("{method}, {}x{}", self.width, self.height)
+        format!("LayerCAM on layer2, {}x{}", self.width, self.height)
     }
 }
 

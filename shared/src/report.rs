@@ -263,7 +263,6 @@ pub fn report_pdf(card: &ModelCard, date: &str, entries: &[ReportEntry]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cam::MapMethod;
 
     #[test]
     fn the_overlay_colours_only_the_crop_where_there_is_evidence() {
@@ -280,7 +279,6 @@ mod tests {
             width: 2,
             height: 1,
             values: vec![0.0, 1.0],
-            method: MapMethod::LastBlockCam,
         };
         let out = overlay(&picture, &map, crop, 1.0);
         assert_eq!(
