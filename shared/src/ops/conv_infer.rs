@@ -205,13 +205,22 @@ impl CustomOp3 for ConvInfer {
 mod tests {
     use super::*;
     use crate::test_util::{grads_of, max_diff_and_scale};
+    use candle_core::Var;
     use candle_nn::Conv2dConfig;
 
-    /// The fused op against candle's conv2d, bias add, residual add and ReLU.
-    fn check(batch: usize, c_in: usize, size: usize, c_out: usize, k: usize, stride: usize) {
+    /// A random input, a convolution with a bias, and a residual of the output's shape; the
+    /// input and residual are variables, so the backward checks can ask for their gradients.
+    fn case(
+        batch: usize,
+        c_in: usize,
+        size: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+    ) -> (Var, Conv2d, Var) {
         let device = Device::Cpu;
         let padding = k / 2;
-        let x = Tensor::randn(0f32, 1.0, (batch, c_in, size, size), &device).unwrap();
+        let x = Var::randn(0f32, 1.0, (batch, c_in, size, size), &device).unwrap();
         let weight = Tensor::randn(0f32, 0.3, (c_out, c_in, k, k), &device).unwrap();
         let bias = Tensor::randn(0f32, 1.0, c_out, &device).unwrap();
         let config = Conv2dConfig {
@@ -219,10 +228,19 @@ mod tests {
             stride,
             ..Default::default()
         };
-        let conv = Conv2d::new(weight, Some(bias), config);
         let out = (size + 2 * padding - k) / stride + 1;
-        let residual = Tensor::randn(0f32, 1.0, (batch, c_out, out, out), &device).unwrap();
-        for (residual, relu) in [(None, false), (None, true), (Some(&residual), true)] {
+        let residual = Var::randn(0f32, 1.0, (batch, c_out, out, out), &device).unwrap();
+        (x, Conv2d::new(weight, Some(bias), config), residual)
+    }
+
+    /// The fused op against candle's conv2d, bias add, residual add and ReLU.
+    fn check(batch: usize, c_in: usize, size: usize, c_out: usize, k: usize, stride: usize) {
+        let (x, conv, residual) = case(batch, c_in, size, c_out, k, stride);
+        for (residual, relu) in [
+            (None, false),
+            (None, true),
+            (Some(residual.as_tensor()), true),
+        ] {
             let fused = conv2d_infer(&x, &conv, residual, relu).unwrap();
             let reference = by_tensor_ops(&x, &conv, residual, relu).unwrap();
             assert_eq!(fused.dims(), reference.dims());
@@ -237,20 +255,8 @@ mod tests {
 
     /// The gradients reaching the input and the residual, against candle's autograd.
     fn check_backward(c_in: usize, size: usize, c_out: usize, k: usize, stride: usize) {
-        let device = Device::Cpu;
-        let padding = k / 2;
-        let x = candle_core::Var::randn(0f32, 1.0, (1, c_in, size, size), &device).unwrap();
-        let weight = Tensor::randn(0f32, 0.3, (c_out, c_in, k, k), &device).unwrap();
-        let bias = Tensor::randn(0f32, 1.0, c_out, &device).unwrap();
-        let config = Conv2dConfig {
-            padding,
-            stride,
-            ..Default::default()
-        };
-        let conv = Conv2d::new(weight, Some(bias), config);
-        let out = (size + 2 * padding - k) / stride + 1;
-        let residual = candle_core::Var::randn(0f32, 1.0, (1, c_out, out, out), &device).unwrap();
-        let upstream = Tensor::randn(0f32, 1.0, (1, c_out, out, out), &device).unwrap();
+        let (x, conv, residual) = case(1, c_in, size, c_out, k, stride);
+        let upstream = Tensor::randn(0f32, 1.0, residual.shape(), &Device::Cpu).unwrap();
         for (with_residual, relu) in [(false, false), (false, true), (true, true)] {
             let r = with_residual.then(|| residual.as_tensor());
             let inputs = [x.as_tensor(), residual.as_tensor()];
