@@ -29,8 +29,8 @@ pub struct Findings<'a> {
     pub top: usize,
     pub in_distribution: Option<bool>,
     pub positive: &'a [Option<bool>],
-    /// The heat map the picture shows; `None` when it shows none.
-    pub heatmap: Option<&'a HeatMap>,
+    /// The heat map the picture shows, or why it shows none (in words, for the report).
+    pub heatmap: std::result::Result<&'a HeatMap, &'a str>,
 }
 
 /// The lines of one image's page.
@@ -63,12 +63,12 @@ pub fn finding_lines(card: &ModelCard, findings: &Findings) -> Vec<String> {
         None => "Out-of-distribution gate: none in this model.".into(),
     });
     lines.push(match findings.heatmap {
-        Some(map) => format!(
+        Ok(map) => format!(
             "Heat map: {} for {}; where the network looked, not where disease is.",
             map.describe(),
             classes[map.class]
         ),
-        None => "Heat map: not shown.".into(),
+        Err(why) => format!("Heat map: not shown ({why})."),
     });
     lines
 }

@@ -72,3 +72,46 @@ fn predict_writes_a_report_per_image_and_one_for_the_batch() {
     assert!(error.contains("--report needs --card"), "{error}");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn a_report_without_a_heat_map_says_why() {
+    use pneumoscope::cam::HeatMap;
+    use pneumoscope::report::{finding_lines, Findings};
+    let card: pneumoscope::ModelCard = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("weights/model.json")).unwrap(),
+    )
+    .unwrap();
+    let probabilities = vec![0.2, 0.7, 0.1];
+    let positive = vec![None; 3];
+    let map = HeatMap {
+        class: 1,
+        width: 2,
+        height: 2,
+        values: vec![0.0, 0.5, 1.0, 0.25],
+    };
+    let lines = |heatmap| {
+        finding_lines(
+            &card,
+            &Findings {
+                probabilities: &probabilities,
+                top: 1,
+                in_distribution: Some(true),
+                positive: &positive,
+                heatmap,
+            },
+        )
+    };
+    let without = lines(Err("still being computed when the report was saved"));
+    assert_eq!(
+        without.last().unwrap(),
+        "Heat map: not shown (still being computed when the report was saved)."
+    );
+    let with = lines(Ok(&map));
+    assert!(
+        with.last().unwrap().starts_with(&format!(
+            "Heat map: LayerCAM on layer2, 2x2 for {}",
+            card.classes[1]
+        )),
+        "{with:?}"
+    );
+}

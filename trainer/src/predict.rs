@@ -136,7 +136,7 @@ fn report_entry(
         top: prediction.top,
         in_distribution: prediction.in_distribution,
         positive: &prediction.positive,
-        heatmap: Some(fine_map),
+        heatmap: Ok(fine_map),
     };
     ReportEntry {
         file_name: file_name(path),

@@ -68,6 +68,16 @@ pub struct Item {
     pub(crate) worker: RwSignal<Option<usize>>,
     /// The fine heat maps the worker has sent, by class.
     pub(crate) fine_maps: RwSignal<Vec<HeatMap>>,
+    /// Classes whose heat map the worker could not compute.
+    pub(crate) failed_maps: RwSignal<Vec<usize>>,
+}
+
+/// Where an image's heat map of one class stands.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum MapState {
+    Ready(HeatMap),
+    Computing,
+    Failed,
 }
 
 /// Everything the worker's messages update.
@@ -88,6 +98,15 @@ impl Item {
     pub(crate) fn heat_map(&self, class: usize) -> Option<HeatMap> {
         self.fine_maps
             .with(|maps| maps.iter().find(|map| map.class == class).cloned())
+    }
+
+    /// The heat map of `class`, or whether it is still coming or failed (tracked).
+    pub(crate) fn map_state(&self, class: usize) -> MapState {
+        match self.heat_map(class) {
+            Some(map) => MapState::Ready(map),
+            None if self.failed_maps.with(|failed| failed.contains(&class)) => MapState::Failed,
+            None => MapState::Computing,
+        }
     }
 }
 
@@ -186,10 +205,13 @@ impl Page {
                 self.pool.update_value(|pool| pool.finished(worker));
             }
             FromWorker::FineMapFailed { id, class, message } => {
-                // The page keeps drawing the coarser map it has.
+                // The image stays shown without a heat map; the viewer and the report say so.
                 web_sys::console::warn_1(
                     &format!("no fine heat map for image {id}, class {class}: {message}").into(),
                 );
+                if let Some(item) = self.item(id) {
+                    item.failed_maps.update(|failed| failed.push(class));
+                }
                 self.pool.update_value(|pool| pool.finished(worker));
             }
             FromWorker::Failed { id, message } => {
@@ -301,6 +323,7 @@ impl Page {
                 reveal: RwSignal::new(false),
                 worker: RwSignal::new(None),
                 fine_maps: RwSignal::new(Vec::new()),
+                failed_maps: RwSignal::new(Vec::new()),
             };
             self.items.update(|items| items.push(item.clone()));
             if file.size() > MAX_FILE_BYTES {

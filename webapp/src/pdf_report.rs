@@ -11,7 +11,7 @@ use pneumoscope::ModelCard;
 
 use crate::app::download;
 use crate::js::error_message;
-use crate::page::{Item, Status};
+use crate::page::{Item, MapState, Status};
 use crate::picture::load_picture;
 use crate::protocol::ImageResult;
 
@@ -35,18 +35,26 @@ async fn entry(
         .unwrap_or(result.top)
         .min(card.classes.len().saturating_sub(1));
     // A flagged image's report shows no heat map unless the user revealed it, as on the page.
-    let shown = !result.flagged() || item.reveal.get_untracked();
-    let map = shown.then(|| untrack(|| item.heat_map(class))).flatten();
+    let map = if result.flagged() && !item.reveal.get_untracked() {
+        Err("the out-of-distribution gate flagged the image")
+    } else {
+        // Maps follow the batch's results: one may not have arrived yet.
+        match untrack(|| item.map_state(class)) {
+            MapState::Ready(map) => Ok(map),
+            MapState::Computing => Err("still being computed when the report was saved"),
+            MapState::Failed => Err("it could not be computed for this image"),
+        }
+    };
     let picture = match &map {
-        Some(map) => overlay(&picture, map, result.crop, opacity),
-        None => picture,
+        Ok(map) => overlay(&picture, map, result.crop, opacity),
+        Err(_) => picture,
     };
     let findings = Findings {
         probabilities: &result.probabilities,
         top: result.top,
         in_distribution: result.in_distribution,
         positive: &result.positive,
-        heatmap: map.as_ref(),
+        heatmap: map.as_ref().map_err(|why| *why),
     };
     Ok(ReportEntry {
         file_name: item.name.clone(),

@@ -11,7 +11,7 @@ use wasm_bindgen::JsCast;
 use web_sys::{HtmlCanvasElement, HtmlImageElement};
 
 use crate::heatmap;
-use crate::page::{Item, Status};
+use crate::page::{Item, MapState, Status};
 use crate::pdf_report::{report_name, SaveReport};
 use crate::picture::{put_rgba, read_picture, Picture};
 use crate::result_view::{HeatMap, HeatmapControls};
@@ -345,9 +345,13 @@ pub fn Viewer(
         let heatmap_class = item.heatmap_class;
         let class = Signal::derive(move || heatmap_class.get().unwrap_or(top));
         let flagged = result.flagged() && !item.reveal.get();
-        let map = Signal::derive({
+        let map_state = Signal::derive({
             let item = item.clone();
-            move || item.heat_map(class.get())
+            move || item.map_state(class.get())
+        });
+        let map = Signal::derive(move || match map_state.get() {
+            MapState::Ready(map) => Some(map),
+            MapState::Computing | MapState::Failed => None,
         });
         let class_options = classes
             .get()
@@ -425,10 +429,11 @@ pub fn Viewer(
                 </div>
                 <div class="viewer-legend">
                     <span data-testid="viewer-map-method">
-                        {move || match (flagged, map.get()) {
+                        {move || match (flagged, map_state.get()) {
                             (true, _) => "No heat map: the gate flagged this image (Show probabilities anyway shows it).".to_string(),
-                            (false, None) => "Heat map: computing (LayerCAM on layer2)…".to_string(),
-                            (false, Some(map)) => format!("Heat map ({}):", map.describe()),
+                            (false, MapState::Computing) => "Heat map: computing (LayerCAM on layer2)…".to_string(),
+                            (false, MapState::Failed) => "Heat map: could not be computed for this image.".to_string(),
+                            (false, MapState::Ready(map)) => format!("Heat map ({}):", map.describe()),
                         }}
                     </span>
                     <span>"where the network looked for the chosen class, not where disease is. Low"</span>
