@@ -41,11 +41,13 @@ pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
 /// The f32 values of int8 `codes` with one scale per row.
 pub fn dequantize_rows(codes: &[i8], scales: &[f32]) -> Vec<f32> {
     let per_row = codes.len() / scales.len().max(1);
-    codes
-        .chunks(per_row.max(1))
-        .zip(scales)
-        .flat_map(|(row, &scale)| row.iter().map(move |&c| f32::from(c) * scale))
-        .collect()
+    // Row by row into one allocation: a flat_map chain cannot size its output and does not
+    // vectorise, and this runs over every weight while the page loads.
+    let mut values = Vec::with_capacity(codes.len());
+    for (row, &scale) in codes.chunks(per_row.max(1)).zip(scales) {
+        values.extend(row.iter().map(|&c| f32::from(c) * scale));
+    }
+    values
 }
 
 /// Reads the int8 tensor `name` of a safetensors file with its scale, as f32.
