@@ -8,7 +8,9 @@
 //! under that curve is lower when the map found what the answer depends on. A random map is the
 //! floor of the comparison. Prints a table; no test depends on it.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -18,7 +20,7 @@ use pneumoscope::calibration::softmax_with_temperature;
 use pneumoscope::cam::{grad_cam, layer_cam, ClassActivationMaps};
 use pneumoscope::classifier::argmax;
 use pneumoscope::decode::decode_rgb;
-use pneumoscope::{Checkpoint, ModelCard, ResNet50};
+use pneumoscope::{Checkpoint, ResNet50};
 use rand::{Rng, SeedableRng};
 
 const CLASSES: [&str; 3] = ["Covid", "Normal", "Viral Pneumonia"];
@@ -26,22 +28,8 @@ const PER_CLASS: usize = 30;
 const STEPS: usize = 16;
 const SEED: u64 = 7;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn images() -> Vec<PathBuf> {
-    let test = root().join("../shared/data/cxr-multisource/test");
-    let mut chosen = Vec::new();
-    for class in CLASSES {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(test.join(class))
-            .unwrap_or_else(|e| panic!("{}: {e}", test.join(class).display()))
-            .map(|entry| entry.unwrap().path())
-            .collect();
-        files.sort();
-        chosen.extend(files.into_iter().take(PER_CLASS));
-    }
-    chosen
+    common::first_files("cxr-multisource/test", &CLASSES, PER_CLASS)
 }
 
 /// A (h, w) map upsampled smoothly to `side` x `side`, as the page draws it.
@@ -90,9 +78,8 @@ fn mean_and_sd(values: &[f32]) -> (f32, f32) {
 }
 
 fn main() {
-    let dir = root().join("weights");
-    let card =
-        ModelCard::from_json(&std::fs::read_to_string(dir.join("model.json")).unwrap()).unwrap();
+    let dir = common::root().join("weights");
+    let card = common::shipped_card();
     let mut model = Checkpoint::from_file(&dir.join(&card.weights.file), &Device::Cpu)
         .unwrap()
         .into_model(&Device::Cpu)

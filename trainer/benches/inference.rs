@@ -9,7 +9,9 @@
 //! forward pass at the same thread count; the last table gives the ratios. Threads: candle's
 //! default (all cores); `RAYON_NUM_THREADS=1` pins both sides to one.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -22,26 +24,25 @@ const CROPS: [u32; 3] = [112, 144, 224];
 const IMAGES_PER_CLASS: usize = 5;
 const REPEATS: usize = 3;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The first `IMAGES_PER_CLASS` files of each class folder, sorted.
+/// The first `IMAGES_PER_CLASS` Covid and Normal files of the Kaggle test set, named by class.
 fn images() -> Vec<(String, Vec<u8>)> {
-    let test = root().join("../shared/data/covid19-kaggle/test");
-    let mut chosen = Vec::new();
-    for class in ["Covid", "Normal"] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(test.join(class))
-            .unwrap_or_else(|e| panic!("{}: {e}", test.join(class).display()))
-            .map(|entry| entry.unwrap().path())
-            .collect();
-        files.sort();
-        for path in files.into_iter().take(IMAGES_PER_CLASS) {
-            let name = format!("{class}/{}", path.file_name().unwrap().to_string_lossy());
-            chosen.push((name, std::fs::read(&path).unwrap()));
-        }
-    }
-    chosen
+    common::first_files(
+        "covid19-kaggle/test",
+        &["Covid", "Normal"],
+        IMAGES_PER_CLASS,
+    )
+    .into_iter()
+    .map(|path| {
+        let class = path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
+        let name = format!("{class}/{}", path.file_name().unwrap().to_string_lossy());
+        (name, std::fs::read(&path).unwrap())
+    })
+    .collect()
 }
 
 /// The shipped model with its preprocessing moved to `crop` (the resize keeps the card's ratio).
@@ -50,7 +51,7 @@ fn classifier(card: &ModelCard, crop: u32) -> Classifier {
     let ratio = card.preprocessing.resize_shorter as f32 / card.preprocessing.crop as f32;
     card.preprocessing.resize_shorter = (crop as f32 * ratio).round() as u32;
     card.preprocessing.crop = crop;
-    let weights = root().join("weights/model.safetensors");
+    let weights = common::root().join("weights/model.safetensors");
     let checkpoint = Checkpoint::from_file(&weights, &Device::Cpu).unwrap();
     Classifier::new(checkpoint, Some(&card), &Device::Cpu).unwrap()
 }
@@ -136,7 +137,7 @@ struct PeerResult {
 
 /// onnxruntime's forward pass on the same inputs, or why there is none.
 fn peer(out: &Path, threads: usize) -> Result<Vec<PeerResult>, String> {
-    let script = root().join("scripts/onnx_peer.py");
+    let script = common::root().join("scripts/onnx_peer.py");
     let onnx = out.join("model.onnx");
     let run = |args: &[&str]| -> Result<String, String> {
         let output = Command::new("python3")
@@ -149,7 +150,7 @@ fn peer(out: &Path, threads: usize) -> Result<Vec<PeerResult>, String> {
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     };
-    let weights = root().join("weights/model.safetensors");
+    let weights = common::root().join("weights/model.safetensors");
     run(&[
         "export",
         &weights.to_string_lossy(),
@@ -190,10 +191,8 @@ fn main() {
     // The allocator settings `trainer predict` runs with.
     trainer::keep_freed_memory();
     let threads = candle_core::utils::get_num_threads();
-    let card =
-        ModelCard::from_json(&std::fs::read_to_string(root().join("weights/model.json")).unwrap())
-            .unwrap();
-    let out = root().join("target/bench/inference");
+    let card = common::shipped_card();
+    let out = common::root().join("target/bench/inference");
     std::fs::create_dir_all(&out).unwrap();
     let images = images();
     println!(
