@@ -30,6 +30,9 @@ const SEED: u64 = 7;
 
 fn images() -> Vec<PathBuf> {
     common::first_files("cxr-multisource/test", &CLASSES, PER_CLASS)
+        .into_iter()
+        .map(|sample| sample.path)
+        .collect()
 }
 
 /// A (h, w) map upsampled smoothly to `side` x `side`, as the page draws it.

@@ -32,16 +32,7 @@ fn images() -> Vec<(String, Vec<u8>)> {
         IMAGES_PER_CLASS,
     )
     .into_iter()
-    .map(|path| {
-        let class = path
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy();
-        let name = format!("{class}/{}", path.file_name().unwrap().to_string_lossy());
-        (name, std::fs::read(&path).unwrap())
-    })
+    .map(|sample| (sample.relative, std::fs::read(&sample.path).unwrap()))
     .collect()
 }
 

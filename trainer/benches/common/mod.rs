@@ -3,26 +3,26 @@
 use std::path::{Path, PathBuf};
 
 use pneumoscope::ModelCard;
+use trainer::data::{ImageFolder, Sample};
 
 /// The repository's root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The first `count` files (sorted by name) of each class folder of `set` under
-/// `../shared/data`, class by class.
-pub fn first_files(set: &str, classes: &[&str], count: usize) -> Vec<PathBuf> {
+/// The first `count` files (sorted by name, as `ImageFolder` lists them) of each of `classes`
+/// in the ImageFolder `set` under `../shared/data`, class by class.
+pub fn first_files(set: &str, classes: &[&str], count: usize) -> Vec<Sample> {
+    let only: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
     let folder = root().join("../shared/data").join(set);
-    let mut chosen = Vec::new();
-    for class in classes {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(folder.join(class))
-            .unwrap_or_else(|e| panic!("{}: {e}", folder.join(class).display()))
-            .map(|entry| entry.unwrap().path())
-            .collect();
-        files.sort();
-        chosen.extend(files.into_iter().take(count));
-    }
-    chosen
+    let folder = ImageFolder::scan_classes(&folder, Some(&only))
+        .unwrap_or_else(|e| panic!("{}: {e:#}", folder.display()));
+    (0..folder.classes.len())
+        .flat_map(|label| {
+            let samples = folder.samples.iter().filter(move |s| s.label == label);
+            samples.take(count).cloned()
+        })
+        .collect()
 }
 
 /// The shipped model's card (`weights/model.json`).
