@@ -13,12 +13,16 @@ fn pages(pdf: &[u8]) -> usize {
         .count()
 }
 
+/// The shipped model's card (`weights/model.json`).
+fn shipped_card() -> pneumoscope::ModelCard {
+    serde_json::from_str(&std::fs::read_to_string(repo_root().join("weights/model.json")).unwrap())
+        .unwrap()
+}
+
 #[test]
 fn predict_writes_a_report_per_image_and_one_for_the_batch() {
     let weights = repo_root().join("weights");
-    let card: pneumoscope::ModelCard =
-        serde_json::from_str(&std::fs::read_to_string(weights.join("model.json")).unwrap())
-            .unwrap();
+    let card = shipped_card();
     let out = std::env::temp_dir().join(format!("pneumoscope-report-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
     let images = vec![
@@ -77,10 +81,7 @@ fn predict_writes_a_report_per_image_and_one_for_the_batch() {
 fn a_report_without_a_heat_map_says_why() {
     use pneumoscope::cam::HeatMap;
     use pneumoscope::report::{finding_lines, Findings};
-    let card: pneumoscope::ModelCard = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("weights/model.json")).unwrap(),
-    )
-    .unwrap();
+    let card = shipped_card();
     let probabilities = vec![0.2, 0.7, 0.1];
     let positive = vec![None; 3];
     let map = HeatMap {
