@@ -28,7 +28,8 @@ images=(
 )
 dicom=("$root/tests/fixtures/dicom/mono1-12bit.dcm" "$root/tests/fixtures/dicom/mono2-12bit-jpeg-lossless.dcm")
 for image in "${images[@]}" "${dicom[@]}"; do [ -f "$image" ] || { echo "missing test image $image" >&2; exit 1; }; done
-cargo run --quiet --release -p trainer -- predict --weights "$work/dist/model.safetensors" --card "$work/dist/model.json" \
+# The dev profile (dependencies and the model's kernels at opt-level 3): `cargo test` has built it.
+cargo run --quiet -p trainer -- predict --weights "$work/dist/model.safetensors" --card "$work/dist/model.json" \
   --json "${images[@]}" "${dicom[@]}" > "$work/expected.json"
 
 joined=$(IFS=:; echo "${images[*]}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README, CI): installs what a fresh machine lacks, then runs the
-# format check, clippy with warnings denied (native and wasm32), the wasm32 build of the shared
-# crate, every Rust test, and the browser test of the built page (scripts/test-browser.sh).
+# format check, clippy with warnings denied (native, and wasm32 for the shared crate and the page),
+# every Rust test, and the browser test of the built page (scripts/test-browser.sh), whose trunk
+# build compiles the shared crate and the page to wasm32.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,10 +22,8 @@ echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== clippy, wasm32 (the page and its worker)"
-cargo clippy -p webapp --target wasm32-unknown-unknown --all-targets -- -D warnings
-echo "== wasm32 build of the shared crate"
-cargo build -p pneumoscope --target wasm32-unknown-unknown
+echo "== clippy, wasm32 (the shared crate, the page and its worker)"
+cargo clippy -p pneumoscope -p webapp --target wasm32-unknown-unknown --all-targets -- -D warnings
 echo "== tests"
 cargo test --workspace
 echo "== the page in headless Chromium"
