@@ -127,13 +127,14 @@ impl Geometry {
         first..end.max(first)
     }
 
-    /// Visits one output row of one patch-matrix row at a time: the patch-matrix row, the column
+    /// Visits one output row of one patch-matrix row of the input channels `channels` at a time:
+    /// the patch-matrix row, the column
     /// at which the output row starts, and, for the columns in `valid`, the offset of the first
     /// input value it reads (the next ones follow at `stride`); `None` where it reads only
     /// padding. Plain loops, not an iterator chain: im2col runs once per convolution and image,
     /// and nested `flat_map`s cost it a third of the time of its gemm (perf).
-    fn for_each_segment(&self, mut visit: impl FnMut(Segment)) {
-        for c in 0..self.c_in {
+    fn for_each_segment(&self, channels: Range<usize>, mut visit: impl FnMut(Segment)) {
+        for c in channels {
             for ky in 0..self.k {
                 for kx in 0..self.k {
                     let row = (c * self.k + ky) * self.k + kx;
@@ -160,9 +161,11 @@ impl Geometry {
 
     /// (C_in, H, W) -> (C_in*k*k, H_out*W_out), rows `pitch` apart in `patches`: column p holds
     /// the window of output position p, in the (c, ky, kx) order of the weight's flattening.
-    fn im2col(&self, image: &[f32], patches: &mut [f32], pitch: usize) {
-        self.for_each_segment(|segment| {
-            let start = segment.row * pitch + segment.col;
+    /// Writes the rows of the input channels `channels` only, `patches` starting at the first.
+    fn im2col(&self, image: &[f32], channels: Range<usize>, patches: &mut [f32], pitch: usize) {
+        let first_row = channels.start * self.k * self.k;
+        self.for_each_segment(channels, |segment| {
+            let start = (segment.row - first_row) * pitch + segment.col;
             let row = &mut patches[start..start + self.out_w];
             let Some(input) = segment.input else {
                 row.fill(0.0);
@@ -185,7 +188,7 @@ impl Geometry {
     /// The adjoint of `im2col`: every patch entry added back onto the input value it came from.
     fn col2im(&self, patches: &[f32], pitch: usize, image: &mut [f32]) {
         image.fill(0.0);
-        self.for_each_segment(|segment| {
+        self.for_each_segment(0..self.c_in, |segment| {
             let Some(input) = segment.input else {
                 return;
             };
@@ -210,19 +213,45 @@ impl Geometry {
     }
 
     /// The wide patch matrix (C_in*k*k, n*H_out*W_out) of a group of `n` images; a pointwise
-    /// convolution's single image is its own patch matrix.
+    /// convolution's single image is its own patch matrix. `threads` share the copying, each a
+    /// block of input channels (inference builds one image's matrix while the other cores wait
+    /// for it; training already runs one group per thread and passes 1).
     pub(super) fn group_patches<'a>(
         &self,
         images: &'a [f32],
         scratch: &'a mut Vec<f32>,
+        threads: usize,
     ) -> &'a [f32] {
         if self.is_pointwise() {
             return to_wide(images, self.c_in, self.positions(), scratch);
         }
         let pitch = images.len() / self.in_len() * self.positions();
         scratch.resize(self.patch_len() * pitch, 0.0);
-        for (i, image) in images.chunks(self.in_len()).enumerate() {
-            self.im2col(image, &mut scratch[i * self.positions()..], pitch);
+        // A few blocks per thread, so that uneven blocks (the stem's 3 channels) still balance.
+        let channels_per_block = self.c_in.div_ceil(threads * 4).max(1);
+        let block_len = channels_per_block * self.k * self.k * pitch;
+        let fill_block = |(b, block): (usize, &mut [f32])| {
+            let first = b * channels_per_block;
+            let channels = first..(first + channels_per_block).min(self.c_in);
+            for (i, image) in images.chunks(self.in_len()).enumerate() {
+                self.im2col(
+                    image,
+                    channels.clone(),
+                    &mut block[i * self.positions()..],
+                    pitch,
+                );
+            }
+        };
+        if threads > 1 {
+            scratch
+                .par_chunks_mut(block_len)
+                .enumerate()
+                .for_each(fill_block);
+        } else {
+            scratch
+                .chunks_mut(block_len)
+                .enumerate()
+                .for_each(fill_block);
         }
         scratch
     }
@@ -388,7 +417,7 @@ impl CustomOp2 for Conv2dTrain {
             .zip(x.par_chunks(g.group_len() * g.in_len()))
             .for_each(|(y, images)| {
                 let (mut scratch, mut out_scratch) = (Vec::new(), Vec::new());
-                let patches = g.group_patches(images, &mut scratch);
+                let patches = g.group_patches(images, &mut scratch, 1);
                 let cols = patches.len() / g.patch_len();
                 let patches = Matrix::row_major(patches, g.patch_len(), cols);
                 matmul_into_images(weight, patches, g.positions(), y, &mut out_scratch);
@@ -495,7 +524,7 @@ impl CustomOp2 for Conv2dGradWeight {
             .fold(
                 || (vec![0f32; weight_len], Vec::new(), Vec::new()),
                 |(mut sum, mut scratch, mut wide_scratch), (images, grad)| {
-                    let patches = g.group_patches(images, &mut scratch);
+                    let patches = g.group_patches(images, &mut scratch, 1);
                     let wide = to_wide(grad, g.c_out, g.positions(), &mut wide_scratch);
                     let cols = wide.len() / g.c_out;
                     let patches = Matrix::row_major(patches, g.patch_len(), cols);

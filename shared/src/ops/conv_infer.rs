@@ -104,29 +104,25 @@ impl ConvInfer {
         let g = self.geometry;
         let positions = g.positions();
         let out_len = g.c_out * positions;
-        let weight_rows = weight;
         let mut y = vec![0f32; g.batch * out_len];
         let mut scratch = Vec::new();
         for (i, (y, image)) in y.chunks_mut(out_len).zip(x.chunks(g.in_len())).enumerate() {
-            for (c, row) in y.chunks_mut(positions).enumerate() {
-                match residual {
-                    Some(residual) => {
-                        let start = i * out_len + c * positions;
-                        for (value, &r) in row.iter_mut().zip(&residual[start..start + positions]) {
-                            *value = r + self.bias[c];
-                        }
-                    }
-                    None => row.fill(self.bias[c]),
-                }
-            }
-            let patches = g.group_patches(image, &mut scratch);
+            let residual = residual.map(|r| &r[i * out_len..][..out_len]);
+            let patches = g.group_patches(image, &mut scratch, threads());
             let patches = Matrix::row_major(patches, g.patch_len(), positions);
             // Each thread takes a band of output channels: every band reads the whole patch
             // matrix but writes only its own rows, and gemm runs single-threaded inside it.
             let band = g.c_out.div_ceil(threads()).max(1);
             y.par_chunks_mut(band * positions)
-                .zip(weight_rows.par_chunks(band * g.patch_len()))
-                .for_each(|(y, rows)| {
+                .zip(weight.par_chunks(band * g.patch_len()))
+                .enumerate()
+                .for_each(|(b, (y, rows))| {
+                    let first_channel = b * band;
+                    self.fill_with_bias(
+                        y,
+                        first_channel,
+                        residual.map(|r| &r[first_channel * positions..]),
+                    );
                     let rows = Matrix::row_major(rows, rows.len() / g.patch_len(), g.patch_len());
                     matmul_with(y, rows, patches, true, gemm::Parallelism::None);
                     if self.relu {
@@ -135,6 +131,23 @@ impl ConvInfer {
                 });
         }
         (CpuStorage::F32(y), g.output())
+    }
+
+    /// Starts the output channels from `first_channel` on as their bias, plus the residual.
+    fn fill_with_bias(&self, y: &mut [f32], first_channel: usize, residual: Option<&[f32]>) {
+        let positions = self.geometry.positions();
+        for (c, row) in y.chunks_mut(positions).enumerate() {
+            let bias = self.bias[first_channel + c];
+            match residual {
+                Some(residual) => {
+                    let residual = &residual[c * positions..][..positions];
+                    for (value, &r) in row.iter_mut().zip(residual) {
+                        *value = r + bias;
+                    }
+                }
+                None => row.fill(bias),
+            }
+        }
     }
 }
 
