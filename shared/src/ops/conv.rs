@@ -128,10 +128,9 @@ impl Geometry {
     }
 
     /// Visits one output row of one patch-matrix row of the input channels `channels` at a time:
-    /// the patch-matrix row, the column
-    /// at which the output row starts, and, for the columns in `valid`, the offset of the first
-    /// input value it reads (the next ones follow at `stride`); `None` where it reads only
-    /// padding. Plain loops, not an iterator chain: im2col runs once per convolution and image,
+    /// the patch-matrix row, the column at which the output row starts, and, for the columns in
+    /// `valid`, the offset of the first input value it reads (the next ones follow at `stride`);
+    /// `None` where it reads only padding. Plain loops, not an iterator chain: im2col runs once per convolution and image,
     /// and nested `flat_map`s cost it a third of the time of its gemm (perf).
     fn for_each_segment(&self, channels: Range<usize>, mut visit: impl FnMut(Segment)) {
         for c in channels {
@@ -592,6 +591,31 @@ mod tests {
     use super::*;
     use crate::test_util::{grads_of, max_diff_and_scale};
     use candle_core::Var;
+
+    /// The blocks of input channels that threads fill make the same patch matrix as one thread,
+    /// for a group of images, the stem's 3 channels and a channel count no block size divides.
+    #[test]
+    fn patches_are_the_same_however_many_threads_build_them() {
+        for (batch, c_in, size, k, stride) in [(2, 3, 15, 7, 2), (1, 13, 9, 3, 1), (3, 8, 10, 3, 2)]
+        {
+            let config = Conv2dConfig {
+                padding: k / 2,
+                stride,
+                ..Default::default()
+            };
+            let g = Geometry::new((batch, c_in, size, size), (4, c_in, k, k), config).unwrap();
+            let images: Vec<f32> = (0..batch * g.in_len()).map(|i| i as f32 + 1.0).collect();
+            let one = g.group_patches(&images, &mut Vec::new(), 1).to_vec();
+            assert!(one.contains(&0.0) && one.iter().any(|&v| v > 0.0));
+            for threads in [2, 3, 8] {
+                let many = g.group_patches(&images, &mut Vec::new(), threads).to_vec();
+                assert_eq!(
+                    many, one,
+                    "c_in {c_in} k {k} stride {stride} threads {threads}"
+                );
+            }
+        }
+    }
 
     /// The fused op's output and both gradients against candle's own `conv2d` and its autograd.
     fn check(batch: usize, c_in: usize, size: usize, c_out: usize, k: usize, stride: usize) {
