@@ -15,6 +15,7 @@ use candle_nn::{Conv2d, Conv2dConfig};
 use rayon::prelude::*;
 
 use crate::ops::cpu_slice::contiguous_f32;
+use crate::ops::matmul::{matmul, Matrix};
 use crate::ops::strided_view;
 
 /// `conv`'s forward in training mode: the fused op for f32 on the CPU, explicit im2col and one
@@ -307,88 +308,6 @@ fn matmul_into_images(
         for (r, row) in image.chunks_mut(positions).enumerate() {
             row.copy_from_slice(&scratch[r * rhs.cols + i * positions..][..positions]);
         }
-    }
-}
-
-/// A strided view of a slice as a matrix.
-#[derive(Clone, Copy)]
-pub(super) struct Matrix<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> Matrix<'a> {
-    pub(super) fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-
-    /// Every index the view can touch lies inside its slice.
-    fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-                < self.data.len()
-    }
-}
-
-/// `dst` (row-major) = lhs @ rhs, or `dst += lhs @ rhs` when `accumulate`; on the calling
-/// thread (the images are already spread over threads).
-fn matmul(dst: &mut [f32], lhs: Matrix, rhs: Matrix, accumulate: bool) {
-    matmul_with(dst, lhs, rhs, accumulate, gemm::Parallelism::None)
-}
-
-/// `matmul` with gemm's own threading.
-pub(super) fn matmul_with(
-    dst: &mut [f32],
-    lhs: Matrix,
-    rhs: Matrix,
-    accumulate: bool,
-    parallelism: gemm::Parallelism,
-) {
-    assert!(lhs.cols == rhs.rows && lhs.in_bounds() && rhs.in_bounds());
-    assert_eq!(dst.len(), lhs.rows * rhs.cols);
-    // SAFETY: the asserts keep every index gemm computes from the strides inside the slices.
-    unsafe {
-        gemm::gemm(
-            lhs.rows,
-            rhs.cols,
-            lhs.cols,
-            dst.as_mut_ptr(),
-            1,
-            rhs.cols as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
     }
 }
 

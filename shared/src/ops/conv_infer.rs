@@ -17,8 +17,9 @@ use candle_nn::Conv2d;
 
 use rayon::prelude::*;
 
-use crate::ops::conv::{conv2d_grad_input, matmul_with, Geometry, Matrix};
+use crate::ops::conv::{conv2d_grad_input, Geometry};
 use crate::ops::cpu_slice::contiguous_f32;
+use crate::ops::matmul::{matmul, Matrix};
 use crate::ops::residual::relu_backward;
 
 /// relu?(conv(x) + bias + residual?) for a convolution with a bias (a folded batch norm).
@@ -124,7 +125,7 @@ impl ConvInfer {
                         residual.map(|r| &r[first_channel * positions..]),
                     );
                     let rows = Matrix::row_major(rows, rows.len() / g.patch_len(), g.patch_len());
-                    matmul_with(y, rows, patches, true, gemm::Parallelism::None);
+                    matmul(y, rows, patches, true);
                     if self.relu {
                         y.iter_mut().for_each(|v| *v = v.max(0.0));
                     }

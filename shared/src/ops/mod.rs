@@ -1,6 +1,7 @@
 //! The CPU kernels under the model: convolution as im2col + gemm, batch norm with its ReLU, the
 //! residual add + ReLU and the stem's max pool, each with its backward for training; the folded
-//! inference convolution with its bias, residual and ReLU; and the slice helpers they share. Other devices run candle's own tensor ops instead.
+//! inference convolution with its bias, residual and ReLU; the matrix product and the slice
+//! helpers they share. Other devices run candle's own tensor ops instead.
 
 use candle_core::{Result, Tensor};
 
@@ -8,6 +9,7 @@ pub mod batch_norm;
 pub mod conv;
 pub mod conv_infer;
 mod cpu_slice;
+mod matmul;
 pub mod max_pool;
 pub mod residual;
 
