@@ -28,9 +28,9 @@ enum State {
 
 type Shared = Rc<RefCell<State>>;
 
-/// How many classified images keep their network input for a later fine heat map: a 144x144
-/// input is 249 KB, so 256 of them hold 64 MB.
-const KEPT_INPUTS: usize = 256;
+/// How many classified images keep their network input for a later fine heat map: a 176x176
+/// input is 372 KB, so 172 of them hold 64 MB.
+const KEPT_INPUTS: usize = 172;
 
 thread_local! {
     /// The network inputs of the last `KEPT_INPUTS` images classified here, oldest first.
