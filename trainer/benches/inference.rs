@@ -1,7 +1,7 @@
 //! Inference of the shipped model, stage by stage, beside onnxruntime on the same weights.
 //!
 //! `cargo bench -p trainer --bench inference` classifies 10 radiographs of
-//! `../shared/data/covid19-kaggle/test` one at a time at 112, 144 (shipped) and 224 pixels, as
+//! `../shared/data/covid19-kaggle/test` one at a time at 112, 176 (shipped) and 224 pixels, as
 //! `trainer predict` does (decode, preprocess, forward, maps, gate), and prints the median time of
 //! each stage. It then hands the same preprocessed inputs and our logits to
 //! `scripts/onnx_peer.py` (onnxruntime, developers only: `pip install onnx onnxruntime
@@ -20,7 +20,7 @@ use pneumoscope::decode::decode_rgb;
 use pneumoscope::stage_times::{StageTimes, Stopwatch};
 use pneumoscope::{Checkpoint, Classifier, ModelCard};
 
-const CROPS: [u32; 3] = [112, 144, 224];
+const CROPS: [u32; 3] = [112, 176, 224];
 const IMAGES_PER_CLASS: usize = 5;
 const REPEATS: usize = 3;
 
