@@ -1,7 +1,7 @@
 //! The matrix product under every convolution: `dst = lhs @ rhs` (or `+=`) on strided views,
 //! on the calling thread (callers spread images or output bands over threads themselves), by
-//! gemm 0.19, the one candle uses (its simd128 kernel in the browser: candle turns on gemm's
-//! `wasm-simd128-enable`).
+//! gemm 0.19, the one candle uses (in the browser its simd128 kernel, which gemm runs only with
+//! its `wasm-simd128-enable` feature: see shared/Cargo.toml).
 
 /// A strided view of a slice as a matrix.
 #[derive(Clone, Copy)]
