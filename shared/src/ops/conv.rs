@@ -131,8 +131,9 @@ impl Geometry {
     /// Visits one output row of one patch-matrix row of the input channels `channels` at a time:
     /// the patch-matrix row, the column at which the output row starts, and, for the columns in
     /// `valid`, the offset of the first input value it reads (the next ones follow at `stride`);
-    /// `None` where it reads only padding. Plain loops, not an iterator chain: im2col runs once per convolution and image,
-    /// and nested `flat_map`s cost it a third of the time of its gemm (perf).
+    /// `None` where it reads only padding. Plain loops, not an iterator chain: im2col runs once
+    /// per convolution and image, and nested `flat_map`s cost it a third of the time of its gemm
+    /// (perf).
     fn for_each_segment(&self, channels: Range<usize>, mut visit: impl FnMut(Segment)) {
         for c in channels {
             for ky in 0..self.k {
