@@ -28,21 +28,29 @@ enum State {
 
 type Shared = Rc<RefCell<State>>;
 
-/// How many classified images keep their network input for a later fine heat map: a 176x176
-/// input is 372 KB, so 172 of them hold 64 MB.
-const KEPT_INPUTS: usize = 172;
+/// How much memory the kept network inputs may hold, whatever the model's input size: at
+/// 176x176 an input is 372 KB, so about 180 images keep theirs for a later fine heat map.
+const KEPT_INPUT_BYTES: usize = 64 << 20;
 
 thread_local! {
-    /// The network inputs of the last `KEPT_INPUTS` images classified here, oldest first.
+    /// The network inputs of the last images classified here, oldest first, at most
+    /// `KEPT_INPUT_BYTES` together.
     static INPUTS: RefCell<VecDeque<(u32, Tensor)>> = const { RefCell::new(VecDeque::new()) };
+}
+
+fn tensor_bytes(tensor: &Tensor) -> usize {
+    tensor.elem_count() * tensor.dtype().size_in_bytes()
 }
 
 fn keep_input(id: u32, input: Tensor) {
     INPUTS.with_borrow_mut(|inputs| {
-        if inputs.len() == KEPT_INPUTS {
-            inputs.pop_front();
-        }
         inputs.push_back((id, input));
+        let mut held: usize = inputs.iter().map(|(_, kept)| tensor_bytes(kept)).sum();
+        while held > KEPT_INPUT_BYTES && inputs.len() > 1 {
+            if let Some((_, oldest)) = inputs.pop_front() {
+                held -= tensor_bytes(&oldest);
+            }
+        }
     });
 }
 
