@@ -210,7 +210,11 @@ impl Page {
                     &format!("no fine heat map for image {id}, class {class}: {message}").into(),
                 );
                 if let Some(item) = self.item(id) {
-                    item.failed_maps.update(|failed| failed.push(class));
+                    item.failed_maps.update(|failed| {
+                        if !failed.contains(&class) {
+                            failed.push(class);
+                        }
+                    });
                 }
                 self.pool.update_value(|pool| pool.finished(worker));
             }
