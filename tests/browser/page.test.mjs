@@ -27,7 +27,7 @@ const expected = JSON.parse(await readFile(env("EXPECTED"), "utf8"));
 const card = JSON.parse(await readFile(join(DIST, "model.json"), "utf8"));
 const TOLERANCE = 1e-3;
 
-let server, browser, context, page, workers;
+let server, browser, context, page, workers, loadRequests;
 const requests = [];
 const images = await Promise.all(IMAGES.map((path) => readFile(path)));
 
@@ -69,6 +69,7 @@ before(async () => {
   page.on("pageerror", (error) => console.error("page error:", error));
   await page.goto(server.origin);
   assert.equal(await modelState(page), "ready", "the model did not load");
+  loadRequests = server.log.map((r) => new URL(r.url, server.origin).pathname);
   // A batch brings one worker per core (at most 4); a single image keeps one.
   workers = await page.evaluate(() => Math.min(navigator.hardwareConcurrency, 4));
 });
@@ -502,6 +503,19 @@ test("every request goes to the page's origin and carries no body", async () => 
       }),
   );
   assert.equal(violated, "connect-src", "the page's CSP does not block other origins");
+});
+
+test("the first worker downloads the weights once, from before its wasm has compiled", async () => {
+  // The service worker is registered once the model is ready; its install fetches every file again.
+  const firstLoad = loadRequests.slice(0, loadRequests.indexOf("/sw.js"));
+  const listed = `${firstLoad.join(" ")} (then ${loadRequests.slice(firstLoad.length).join(" ")})`;
+  assert.ok(firstLoad.length > 0, `no service worker registered: ${listed}`);
+  const weights = firstLoad.filter((path) => path === "/model.safetensors");
+  assert.equal(weights.length, 1, `weights requested ${weights.length} times: ${listed}`);
+  // The card is asked for by the compiled worker; the weights were already on their way.
+  const order = (path) => firstLoad.indexOf(path);
+  assert.ok(order("/model.json") >= 0 && order("/worker_bg.wasm") >= 0, listed);
+  assert.ok(order("/model.safetensors") < order("/worker_bg.wasm"), listed);
 });
 
 test("altered or missing weights are refused with a clear message", async () => {

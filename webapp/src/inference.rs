@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use base64::prelude::*;
 use candle_core::{Device, Tensor};
-use js_sys::{Array, Uint8Array};
+use js_sys::{Array, Promise, Reflect, Uint8Array};
 use pneumoscope::classifier::classifier_from_bytes;
 use pneumoscope::decode::{decode, preview_png};
 use pneumoscope::stage_times::{StageTimes, Stopwatch};
@@ -221,8 +221,24 @@ fn js_error(context: &str, error: JsValue) -> String {
     format!("{context}: {}", error_message(&error))
 }
 
+/// The response `worker_loader.js` began fetching before this wasm compiled, if it fetched `url`;
+/// taken once, since a body can be read only once.
+fn take_prefetched(url: &str) -> Option<Promise> {
+    let key = JsValue::from_str("weightsPrefetch");
+    let prefetch = Reflect::get(&scope(), &key).ok()?;
+    if Reflect::get(&prefetch, &"file".into()).ok()?.as_string()? != url {
+        return None;
+    }
+    let _ = Reflect::delete_property(&scope(), &key);
+    Reflect::get(&prefetch, &"response".into())
+        .ok()?
+        .dyn_into()
+        .ok()
+}
+
 async fn fetch(url: &str) -> Result<Response, String> {
-    let response: Response = JsFuture::from(scope().fetch_with_str(url))
+    let pending = take_prefetched(url).unwrap_or_else(|| scope().fetch_with_str(url));
+    let response: Response = JsFuture::from(pending)
         .await
         .map_err(|e| js_error(&format!("could not fetch {url}"), e))?
         .unchecked_into();
