@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use js_sys::{Array, Reflect};
 use leptos::prelude::*;
 use pneumoscope::cam::HeatMap;
 use pneumoscope::stage_times::StageTimes;
@@ -19,7 +20,7 @@ use crate::protocol::{FromWorker, ImageResult};
 /// reading one would stall the tab.
 pub const MAX_FILE_BYTES: f64 = 200.0 * 1024.0 * 1024.0;
 
-/// The worker's loader script, written by trunk beside the page.
+/// The worker's loader script (webapp/worker_loader.js), beside the page.
 const WORKER_URL: &str = "./worker_loader.js";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -279,27 +280,27 @@ impl Page {
         }
     }
 
-    /// Starts a worker in slot `index`; it loads the model once it has booted.
+    /// Starts a worker in slot `index`; it loads the model once it has booted. Slot 0 takes the
+    /// worker boot.js started, if it did.
     pub(crate) fn start_worker(&self, index: usize) {
         let page = *self;
-        let worker = match Worker::new(WORKER_URL) {
-            Ok(worker) => worker,
-            Err(error) => {
-                if !self.model_ready() {
-                    self.model.set(ModelState::Failed(format!(
-                        "could not start the inference worker: {}",
-                        error_message(&error)
-                    )));
+        let (worker, early) = match (index == 0).then(take_early_worker).flatten() {
+            Some((worker, early)) => (worker, Some(early)),
+            None => match Worker::new(WORKER_URL) {
+                Ok(worker) => (worker, None),
+                Err(error) => {
+                    if !self.model_ready() {
+                        self.model.set(ModelState::Failed(format!(
+                            "could not start the inference worker: {}",
+                            error_message(&error)
+                        )));
+                    }
+                    return;
                 }
-                return;
-            }
+            },
         };
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
-            let text = event.data().as_string().unwrap_or_default();
-            match serde_json::from_str::<FromWorker>(&text) {
-                Ok(message) => page.on_message(index, message),
-                Err(error) => web_sys::console::error_1(&error.to_string().into()),
-            }
+            page.on_worker_message(index, &event)
         });
         let on_error =
             Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |event: web_sys::ErrorEvent| {
@@ -310,6 +311,22 @@ impl Page {
         on_message.forget();
         on_error.forget();
         self.pool.update_value(|pool| pool.install(index, worker));
+        if let Some(early) = early {
+            for event in early.messages {
+                self.on_worker_message(index, &event);
+            }
+            if let Some(event) = early.errors.into_iter().next() {
+                self.on_worker_crash(index, event.message());
+            }
+        }
+    }
+
+    fn on_worker_message(&self, index: usize, event: &MessageEvent) {
+        let text = event.data().as_string().unwrap_or_default();
+        match serde_json::from_str::<FromWorker>(&text) {
+            Ok(message) => self.on_message(index, message),
+            Err(error) => web_sys::console::error_1(&error.to_string().into()),
+        }
     }
 
     pub(crate) fn add_files(&self, files: Vec<web_sys::File>) {
@@ -400,4 +417,37 @@ pub(crate) fn revoke_blob_url(url: &str) {
     if url.starts_with("blob:") {
         let _ = web_sys::Url::revoke_object_url(url);
     }
+}
+
+/// What the worker boot.js started said before the page listened.
+struct EarlyEvents {
+    messages: Vec<MessageEvent>,
+    errors: Vec<web_sys::ErrorEvent>,
+}
+
+/// The worker boot.js started beside the page's wasm, taken once.
+fn take_early_worker() -> Option<(Worker, EarlyEvents)> {
+    let window = web_sys::window()?;
+    let key = JsValue::from_str("pneumoscopeEarlyWorker");
+    let early = Reflect::get(&window, &key).ok()?;
+    let _ = Reflect::delete_property(&window, &key);
+    let field = |name: &str| Reflect::get(&early, &JsValue::from_str(name)).ok();
+    let events = |name: &str| -> Vec<JsValue> {
+        field(name)
+            .and_then(|list| list.dyn_into::<Array>().ok())
+            .map(|list| list.iter().collect())
+            .unwrap_or_default()
+    };
+    let worker = field("worker")?.dyn_into::<Worker>().ok()?;
+    let early = EarlyEvents {
+        messages: events("messages")
+            .into_iter()
+            .map(JsCast::unchecked_into)
+            .collect(),
+        errors: events("errors")
+            .into_iter()
+            .map(JsCast::unchecked_into)
+            .collect(),
+    };
+    Some((worker, early))
 }
