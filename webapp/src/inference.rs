@@ -312,26 +312,44 @@ async fn read_with_progress(response: Response) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// SHA-256 of the weights against the card: the browser's SubtleCrypto (native code, several
-/// times faster than hashing in wasm) where the page has it, which is in secure contexts only
-/// (https, localhost); the wasm hash elsewhere.
-async fn verify_weights(card: &ModelCard, weights: &[u8]) -> Result<(), String> {
-    let subtle = scope()
-        .crypto()
-        .ok()
-        .map(|crypto| crypto.subtle())
-        .filter(|subtle| !subtle.is_undefined());
-    let Some(subtle) = subtle else {
-        return card.verify_weights(weights).map_err(|e| e.to_string());
-    };
-    let promise = subtle
-        .digest_with_str_and_u8_array("SHA-256", weights)
-        .map_err(|e| js_error("hashing the weights", e))?;
-    let digest = JsFuture::from(promise)
-        .await
-        .map_err(|e| js_error("hashing the weights", e))?;
-    card.verify_weights_digest(&Uint8Array::new(&digest).to_vec())
+/// The weights' SHA-256 being computed: by the browser's SubtleCrypto (native code on its own
+/// thread, so the model is built meanwhile) where the page has it, which is in secure contexts
+/// only (https, localhost); by the wasm hash elsewhere, when it is checked.
+enum WeightsDigest {
+    Subtle(Promise),
+    InWasm,
+}
+
+impl WeightsDigest {
+    /// Starts hashing; the browser copies `weights` before this returns.
+    fn start(weights: &[u8]) -> Result<Self, String> {
+        let subtle = scope()
+            .crypto()
+            .ok()
+            .map(|crypto| crypto.subtle())
+            .filter(|subtle| !subtle.is_undefined());
+        match subtle {
+            Some(subtle) => subtle
+                .digest_with_str_and_u8_array("SHA-256", weights)
+                .map(Self::Subtle)
+                .map_err(|e| js_error("hashing the weights", e)),
+            None => Ok(Self::InWasm),
+        }
+    }
+
+    /// The weights against the card's SHA-256.
+    async fn check(self, card: &ModelCard, weights: &[u8]) -> Result<(), String> {
+        match self {
+            Self::Subtle(promise) => {
+                let digest = JsFuture::from(promise)
+                    .await
+                    .map_err(|e| js_error("hashing the weights", e))?;
+                card.verify_weights_digest(&Uint8Array::new(&digest).to_vec())
+            }
+            Self::InWasm => card.verify_weights(weights),
+        }
         .map_err(|e| e.to_string())
+    }
 }
 
 async fn load() -> Result<(Classifier, ModelCard, StageTimes), String> {
@@ -351,11 +369,14 @@ async fn load() -> Result<(Classifier, ModelCard, StageTimes), String> {
     let weights_url = same_origin_file(&card.weights.file)?;
     let weights = read_with_progress(fetch(weights_url).await?).await?;
     watch.lap("download");
-    verify_weights(&card, &weights).await?;
-    watch.lap("sha256");
-    let classifier =
-        classifier_from_bytes(&weights, Some(&card), &Device::Cpu).map_err(|e| e.to_string())?;
+    let digest = WeightsDigest::start(&weights)?;
+    // Built while the browser hashes, used only once the hash matches; a mismatch is the error
+    // to report even when the altered file does not parse either.
+    let built = classifier_from_bytes(&weights, Some(&card), &Device::Cpu);
     watch.lap("model");
+    digest.check(&card, &weights).await?;
+    watch.lap("sha256");
+    let classifier = built.map_err(|e| e.to_string())?;
     Ok((classifier, card, watch.into_times()))
 }
 
