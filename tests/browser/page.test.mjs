@@ -421,8 +421,13 @@ test("Save report writes the shared PDF report in the browser, per image and for
   ]) {
     assert.ok(text.includes(needle), `the report should say ${needle}`);
   }
-  // It says which heat map its picture carries: the page's, the fine one.
-  assert.match(text, /Heat map: LayerCAM on layer2, \d+x\d+ for /, "the report names its heat map");
+  // It says which heat map its picture carries: the page's, the fine one, or none for an image
+  // the gate flagged (every image, with the random-weight test model).
+  if (await item.getByTestId("ood-warning").count()) {
+    assert.match(text, /Heat map: not shown \(the out-of-distribution gate flagged the image\)/);
+  } else {
+    assert.match(text, /Heat map: LayerCAM on layer2, \d+x\d+ for /, "the report names its heat map");
+  }
   // The probabilities it states are the page's, to the 0.1% it prints.
   card.classes.forEach((c, i) => {
     const match = text.match(new RegExp(`  ${c}: ([0-9.]+)%`));
