@@ -74,61 +74,64 @@ fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
 
 /// Conv + BN, the unit every part of the network is made of.
 #[derive(Debug, Clone)]
-struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm,
+enum ConvBn {
+    Separate {
+        conv: Conv2d,
+        bn: BatchNorm,
+    },
     /// The convolution with the eval-mode batch norm folded into its weight and bias, once
-    /// `fold_batch_norm` has run: inference then skips four full-size passes per layer.
-    folded: Option<Conv2d>,
+    /// `fold_batch_norm` has run: inference then skips four full-size passes per layer, and
+    /// the unfolded weights are no longer held.
+    Folded(Conv2d),
 }
 
 impl ConvBn {
     fn new(conv: Conv2d, bn: BatchNorm) -> Self {
-        Self {
-            conv,
-            bn,
-            folded: None,
-        }
+        Self::Separate { conv, bn }
     }
 
     /// w' = w * g / sqrt(var + eps), b' = beta - mean * g / sqrt(var + eps), per output channel.
     fn fold_batch_norm(&mut self) -> Result<()> {
-        let Some((gamma, beta)) = self.bn.weight_and_bias() else {
+        let Self::Separate { conv, bn } = self else {
+            return Ok(());
+        };
+        let Some((gamma, beta)) = bn.weight_and_bias() else {
             candle_core::bail!("batch norm without affine parameters cannot be folded")
         };
-        let scale = (gamma / (self.bn.running_var() + self.bn.eps())?.sqrt()?)?;
-        let weight = self
-            .conv
+        let scale = (gamma / (bn.running_var() + bn.eps())?.sqrt()?)?;
+        let weight = conv
             .weight()
             .broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
-        let bias = (beta - (self.bn.running_mean() * &scale)?)?;
-        self.folded = Some(Conv2d::new(weight, Some(bias), *self.conv.config()));
+        let bias = (beta - (bn.running_mean() * &scale)?)?;
+        *self = Self::Folded(Conv2d::new(weight, Some(bias), *conv.config()));
         Ok(())
     }
 
     /// Conv, batch norm, then a ReLU if `relu` (fused into the batch norm when training).
     fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        if train {
-            if self.folded.is_some() {
-                candle_core::bail!("a model with folded batch norms is for inference only");
+        match self {
+            Self::Folded(_) if train => {
+                candle_core::bail!("a model with folded batch norms is for inference only")
             }
-            return batch_norm_train(&self.bn, &conv2d_train(x, &self.conv)?, relu);
-        }
-        if let Some(folded) = &self.folded {
-            return conv2d_infer(x, folded, None, relu);
-        }
-        let y = self.bn.forward_t(&self.conv.forward(x)?, false)?;
-        if relu {
-            y.relu()
-        } else {
-            Ok(y)
+            Self::Folded(folded) => conv2d_infer(x, folded, None, relu),
+            Self::Separate { conv, bn } if train => {
+                batch_norm_train(bn, &conv2d_train(x, conv)?, relu)
+            }
+            Self::Separate { conv, bn } => {
+                let y = bn.forward_t(&conv.forward(x)?, false)?;
+                if relu {
+                    y.relu()
+                } else {
+                    Ok(y)
+                }
+            }
         }
     }
 
     /// relu(conv-bn(x) + identity), the bottleneck's last unit, in one pass once folded.
     fn forward_residual(&self, x: &Tensor, identity: &Tensor, train: bool) -> Result<Tensor> {
-        match &self.folded {
-            Some(folded) if !train => conv2d_infer(x, folded, Some(identity), true),
+        match self {
+            Self::Folded(folded) if !train => conv2d_infer(x, folded, Some(identity), true),
             _ => add_relu(&self.forward_t(x, train, false)?, identity),
         }
     }
