@@ -3,8 +3,9 @@
 //!   bilinear sampling, black fill);
 //! - against shortcuts that tell sources apart rather than diseases: a random resized crop with
 //!   aspect-ratio jitter (one public copy squashed every image to 640x640), brightness, contrast
-//!   and gamma (each collection was exposed and post-processed its own way), and JPEG re-encoding
-//!   at a random quality (each was compressed its own way).
+//!   and gamma (each collection was exposed and post-processed its own way), sharpness (each
+//!   detector and resampling chain left its own amount of fine detail), and JPEG re-encoding at a
+//!   random quality (each was compressed its own way).
 //!
 //! Every draw comes from (seed, epoch, draw index), so a run and its resumption see the same
 //! images.
@@ -40,6 +41,10 @@ pub struct Augmentation {
     /// Gamma drawn log-uniformly from [1/(1 + g), 1 + g].
     #[serde(default)]
     pub gamma: f32,
+    /// Sharpness factor drawn from [1 - s, 1 + s]: 0 is the 3x3-smoothed image, 1 the image,
+    /// above 1 sharpened (torchvision's `adjust_sharpness`).
+    #[serde(default)]
+    pub sharpness: f32,
     /// Share of images re-encoded as JPEG.
     #[serde(default)]
     pub jpeg_probability: f32,
@@ -70,6 +75,7 @@ impl Default for Augmentation {
             brightness: 0.0,
             contrast: 0.0,
             gamma: 0.0,
+            sharpness: 0.0,
             jpeg_probability: 0.0,
             jpeg_quality_min: default_jpeg_quality(),
         }
@@ -157,6 +163,9 @@ impl Augmentation {
             scale: 1.0 + symmetric(rng, self.scale_delta),
         };
         let mut image = warp(chw, side, window, affine, out);
+        if self.sharpness > 0.0 {
+            adjust_sharpness(&mut image, out, 1.0 + symmetric(rng, self.sharpness));
+        }
         self.adjust_intensity(&mut image, rng);
         if self.jpeg_probability > 0.0 && rng.random::<f32>() < self.jpeg_probability {
             let quality = rng.random_range(self.jpeg_quality_min.clamp(1, 95)..=95);
@@ -181,6 +190,38 @@ impl Augmentation {
             *v = shifted.powf(gamma);
         }
     }
+}
+
+/// torchvision's `adjust_sharpness` on each (side, side) plane: a blend of the image with its
+/// 3x3 smoothing (centre weight 5, neighbours 1), `factor` 0 the smoothed image, 1 the image;
+/// border pixels stay as they are; values stay in [0, 1].
+fn adjust_sharpness(image: &mut [f32], side: usize, factor: f32) {
+    if side < 3 {
+        return;
+    }
+    for plane in image.chunks_exact_mut(side * side) {
+        let smoothed = smooth_3x3(plane, side);
+        for (v, s) in plane.iter_mut().zip(smoothed) {
+            *v = (s + factor * (*v - s)).clamp(0.0, 1.0);
+        }
+    }
+}
+
+/// The plane smoothed by [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 inside, its border copied.
+fn smooth_3x3(plane: &[f32], side: usize) -> Vec<f32> {
+    let mut smoothed = plane.to_vec();
+    for y in 1..side - 1 {
+        for x in 1..side - 1 {
+            let mut sum = 4.0 * plane[y * side + x];
+            for row in y - 1..=y + 1 {
+                sum += plane[row * side + x - 1..=row * side + x + 1]
+                    .iter()
+                    .sum::<f32>();
+            }
+            smoothed[y * side + x] = sum / 13.0;
+        }
+    }
+    smoothed
 }
 
 /// Rotation by `angle` and scaling by `scale` about the output's centre, then a shift, in output
@@ -285,6 +326,7 @@ mod tests {
             brightness: 0.1,
             contrast: 0.2,
             gamma: 0.3,
+            sharpness: 0.5,
             jpeg_probability: 1.0,
             jpeg_quality_min: 30,
             ..paper()
@@ -406,6 +448,63 @@ mod tests {
         assert!(out.iter().all(|v| (0.0..=1.0).contains(v)));
         let moved: f32 = out.iter().zip(&image).map(|(a, b)| (a - b).abs()).sum();
         assert!(moved > 1.0, "intensities changed ({moved})");
+    }
+
+    /// Mean squared difference between horizontal neighbours: how much fine detail a plane has.
+    fn detail(plane: &[f32], side: usize) -> f32 {
+        let mut sum = 0.0;
+        for y in 0..side {
+            for x in 1..side {
+                sum += (plane[y * side + x] - plane[y * side + x - 1]).powi(2);
+            }
+        }
+        sum / (side * (side - 1)) as f32
+    }
+
+    /// A mid-grey checkerboard of single pixels: all fine detail.
+    fn checkerboard(side: usize) -> Vec<f32> {
+        (0..3 * side * side)
+            .map(|i| 0.3 + 0.4 * ((i % side + i / side) % 2) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn sharpness_blurs_below_one_sharpens_above_and_keeps_the_border() {
+        let side = 16;
+        let checks = checkerboard(side);
+        let adjusted = |factor: f32| {
+            let mut image = checks.clone();
+            adjust_sharpness(&mut image, side, factor);
+            image
+        };
+        assert_eq!(adjusted(1.0), checks);
+        let (blurred, sharpened) = (adjusted(0.5), adjusted(1.5));
+        let original = detail(&checks[..side * side], side);
+        assert!(detail(&blurred[..side * side], side) < 0.6 * original);
+        assert!(detail(&sharpened[..side * side], side) > 1.4 * original);
+        assert!(sharpened.iter().all(|v| (0.0..=1.0).contains(v)));
+        for c in 0..3 {
+            let plane = c * side * side;
+            assert_eq!(blurred[plane..plane + side], checks[plane..plane + side]);
+        }
+    }
+
+    #[test]
+    fn sharpness_draws_vary_the_detail_of_the_same_image() {
+        let aug = Augmentation {
+            sharpness: 0.5,
+            ..Augmentation::default()
+        };
+        let image = checkerboard(24);
+        let details: Vec<f32> = (0..40)
+            .map(|draw| {
+                let out = aug.apply(&image, 24, 24, &mut Augmentation::rng(5, 0, draw));
+                detail(&out[..24 * 24], 24)
+            })
+            .collect();
+        let original = detail(&image[..24 * 24], 24);
+        assert!(details.iter().any(|&d| d < 0.9 * original));
+        assert!(details.iter().any(|&d| d > 1.1 * original));
     }
 
     #[test]

@@ -57,6 +57,7 @@ fn args(data: &Path, out: &Path, epochs: usize) -> TrainArgs {
         brightness: 0.0,
         contrast: 0.0,
         gamma: 0.0,
+        sharpness: 0.0,
         jpeg_probability: 0.0,
         jpeg_quality_min: 40,
         out: out.to_path_buf(),

@@ -143,6 +143,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     #[serde(default)]
     pub gamma: f32,
+    /// Random sharpness factor in [1 - s, 1 + s]: below 1 blurs, above 1 sharpens (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub sharpness: f32,
     /// Share of training images re-encoded as JPEG at a random quality (0 disables).
     #[arg(long, default_value_t = 0.0)]
     #[serde(default)]
@@ -201,6 +205,7 @@ impl TrainArgs {
             brightness: self.brightness,
             contrast: self.contrast,
             gamma: self.gamma,
+            sharpness: self.sharpness,
             jpeg_probability: self.jpeg_probability,
             jpeg_quality_min: self.jpeg_quality_min,
         }
