@@ -18,7 +18,9 @@
 #
 # It trains, then scripts/finish-run.sh calibrates, quantizes and evaluates (Kaggle 66 and 57,
 # multi-source test per source, gate on CT slices) and writes the logs, reports and the model to
-# RESULTS_DIR (default $OUT, else gpu-results).
+# RESULTS_DIR (default $OUT, else gpu-results). Compare the float and int8 reports before shipping:
+# at 224 int8 rounding biased the CPU-trained model towards Normal (see
+# docs/runs/2026-12-02-multisource-ft224/README.md and scripts/quantization_sensitivity.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:?usage: gpu-multisource.sh DATA_DIR TRAINER_ZST [RESULTS_DIR]}
