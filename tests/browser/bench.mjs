@@ -10,7 +10,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { serve, launch, modelState, finishedItems } from "./harness.mjs";
+import { serve, launch, modelState, finishedItems, median } from "./harness.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const IMAGES = (process.env.IMAGES ?? "").split(":").filter(Boolean);
@@ -22,8 +22,6 @@ const card = JSON.parse(readFileSync(join(DIST, "model.json"), "utf8"));
 const shipped = card.preprocessing.crop;
 const CROPS = (process.env.CROPS ?? `${shipped}`).split(",").map(Number);
 const FORWARD = ["stem", "layer1", "layer2", "layer3", "layer4", "head"];
-
-const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
 /** The card with its preprocessing moved to `crop`, the resize keeping the card's ratio. */
 function cardAt(crop) {

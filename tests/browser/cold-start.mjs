@@ -3,7 +3,7 @@
 //   VARIANTS=name=DIST[:block],...  (":block" blocks the service worker)
 //   IMAGE=radiograph  [ROUNDS=5]  node cold-start.mjs
 // Prints each round (with the worker's load stages) and per variant the median.
-import { serve, launch, modelState, finishedItems } from "./harness.mjs";
+import { serve, launch, modelState, finishedItems, median } from "./harness.mjs";
 
 const variants = (process.env.VARIANTS ?? "").split(",").filter(Boolean).map((spec) => {
   const [name, rest] = spec.split("=");
@@ -13,7 +13,6 @@ const variants = (process.env.VARIANTS ?? "").split(",").filter(Boolean).map((sp
 const image = process.env.IMAGE;
 if (variants.length === 0 || !image) throw new Error("set VARIANTS and IMAGE");
 const rounds = Number(process.env.ROUNDS ?? 5);
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const browser = await launch();
 const results = new Map(variants.map((v) => [v.name, []]));

@@ -124,3 +124,6 @@ export async function finishedItems(page, count, timeout = 300_000, polling = 20
     })),
   );
 }
+
+/** The middle value (the upper one of an even count), for the benchmarks' tables. */
+export const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
