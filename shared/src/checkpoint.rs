@@ -107,6 +107,61 @@ impl Checkpoint {
         ResNet50::new(vb, num_classes).map_err(candle_to_checkpoint_error)
     }
 
+    /// The checkpoint with its head rearranged for a model of `model_classes`, matching rows by
+    /// class name: a class the checkpoint also has (`checkpoint_classes`, in its head's order)
+    /// keeps its trained row, any other takes the row the model's freshly initialised head
+    /// (`fresh`) has for it. Returns the classes that kept a trained row; none shared is an error.
+    pub fn with_head_for(
+        mut self,
+        checkpoint_classes: &[String],
+        model_classes: &[String],
+        fresh: &VarMap,
+    ) -> Result<(Self, Vec<String>)> {
+        let rows = self.num_classes()?;
+        if checkpoint_classes.len() != rows {
+            return Err(Error::Checkpoint(format!(
+                "the head has {rows} rows but {} class names were given for it",
+                checkpoint_classes.len()
+            )));
+        }
+        let source: Vec<Option<usize>> = model_classes
+            .iter()
+            .map(|class| checkpoint_classes.iter().position(|c| c == class))
+            .collect();
+        if source.iter().all(Option::is_none) {
+            return Err(Error::Checkpoint(format!(
+                "the head's classes {checkpoint_classes:?} share none with the model's {model_classes:?}"
+            )));
+        }
+        for (name, var) in named_vars(fresh)? {
+            if !name.starts_with(HEAD_PREFIX) {
+                continue;
+            }
+            let trained = self
+                .tensors
+                .get(&name)
+                .ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
+            let fresh = var.as_tensor();
+            let rows = source
+                .iter()
+                .enumerate()
+                .map(|(i, from)| match from {
+                    Some(j) => trained.get(*j),
+                    None => fresh.get(i),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let head = Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?;
+            self.tensors.insert(name, head);
+        }
+        let kept = model_classes
+            .iter()
+            .zip(&source)
+            .filter(|(_, from)| from.is_some())
+            .map(|(class, _)| class.clone())
+            .collect();
+        Ok((self, kept))
+    }
+
     /// Copies the checkpoint into a training model's variables. When `allow_new_head` is set and
     /// the checkpoint's head has another class count (ImageNet's 1000, say), the head is left as
     /// initialised and only the backbone is loaded.

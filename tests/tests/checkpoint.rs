@@ -250,3 +250,98 @@ fn the_card_checks_weights_and_digests_alike() {
     assert_eq!(by_bytes, by_digest);
     assert!(by_bytes.contains(&card.weights.sha256), "{by_bytes}");
 }
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn head_row(tensors: &HashMap<String, Tensor>, name: &str, row: usize) -> Tensor {
+    tensors[name].get(row).unwrap()
+}
+
+#[test]
+fn head_matched_by_class_name_keeps_shared_rows_and_starts_the_others_fresh() {
+    let trained = Checkpoint::from_tensors(formula_weights(3));
+    let trained_classes = names(&["Covid", "Normal", "Viral Pneumonia"]);
+    let model_classes = names(&[
+        "Bacterial Pneumonia",
+        "Covid",
+        "Normal",
+        "Tuberculosis",
+        "Viral Pneumonia",
+    ]);
+    let (varmap, _) = varmap_model(5);
+    init::initialize(&varmap, 7).unwrap();
+    let fresh = state_dict(&varmap, DType::F32, 0).unwrap();
+
+    let (remapped, kept) = trained
+        .clone()
+        .with_head_for(&trained_classes, &model_classes, &varmap)
+        .unwrap();
+    assert_eq!(kept, trained_classes);
+    assert_eq!(
+        remapped.load_into(&varmap, false).unwrap(),
+        HeadLoad::Loaded
+    );
+    let loaded = state_dict(&varmap, DType::F32, 0).unwrap();
+    for name in ["fc.weight", "fc.bias"] {
+        assert_eq!(loaded[name].dims()[0], 5);
+        // Model row <- checkpoint row: Covid 1 <- 0, Normal 2 <- 1, Viral Pneumonia 4 <- 2.
+        for (model_row, trained_row) in [(1, 0), (2, 1), (4, 2)] {
+            let err = relative_error(
+                &head_row(&loaded, name, model_row),
+                &head_row(trained.tensors(), name, trained_row),
+            );
+            assert_eq!(err, 0.0, "{name} row {model_row}");
+        }
+        for new_row in [0, 3] {
+            let err = relative_error(
+                &head_row(&loaded, name, new_row),
+                &head_row(&fresh, name, new_row),
+            );
+            assert_eq!(err, 0.0, "{name} row {new_row} should be the fresh one");
+        }
+    }
+    let conv = "layer2.1.conv1.weight";
+    assert_eq!(relative_error(&loaded[conv], &trained.tensors()[conv]), 0.0);
+
+    // Back from five classes to three, in another order: each row follows its class.
+    let five = Checkpoint::from_tensors(loaded);
+    let (three_model, _) = varmap_model(3);
+    init::initialize(&three_model, 8).unwrap();
+    let reordered = names(&["Viral Pneumonia", "Covid", "Normal"]);
+    let (back, kept) = five
+        .with_head_for(&model_classes, &reordered, &three_model)
+        .unwrap();
+    assert_eq!(kept, reordered);
+    let weight = &back.tensors()["fc.weight"];
+    let err = relative_error(
+        &weight.get(0).unwrap(),
+        &head_row(trained.tensors(), "fc.weight", 2),
+    );
+    assert_eq!(err, 0.0);
+}
+
+#[test]
+fn head_matching_refuses_wrong_class_lists() {
+    let trained = Checkpoint::from_tensors(formula_weights(3));
+    let (varmap, _) = varmap_model(2);
+    init::initialize(&varmap, 7).unwrap();
+    let too_few = trained
+        .clone()
+        .with_head_for(
+            &names(&["Covid", "Normal"]),
+            &names(&["Covid", "Normal"]),
+            &varmap,
+        )
+        .unwrap_err();
+    assert!(too_few.to_string().contains("3 rows"), "{too_few}");
+    let disjoint = trained
+        .with_head_for(
+            &names(&["Covid", "Normal", "Viral Pneumonia"]),
+            &names(&["Tuberculosis", "Bacterial Pneumonia"]),
+            &varmap,
+        )
+        .unwrap_err();
+    assert!(disjoint.to_string().contains("share none"), "{disjoint}");
+}

@@ -73,6 +73,7 @@ fn args(data: &Path, out: &Path, epochs: usize) -> TrainArgs {
         val_fraction: 0.25,
         seed: 3,
         init: None,
+        init_head_classes: None,
         zero_init_residual: true,
         freeze: None,
         rotation: 5.0,

@@ -104,6 +104,11 @@ pub struct TrainArgs {
     /// an earlier model of ours). A head with another class count is replaced by a fresh one.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// The classes of --init's head, in its order (comma-separated; e.g. from its card). With
+    /// it, the head is matched by class name: classes the run shares with it keep their trained
+    /// rows, the others start fresh, so a model can gain or drop classes without losing the rest.
+    #[arg(long, value_delimiter = ',', requires = "init")]
+    pub init_head_classes: Option<Vec<String>>,
     /// Start every bottleneck's last batch norm at zero scale (torchvision's
     /// `zero_init_residual`), so each block begins as the identity: what makes training from
     /// scratch converge. No effect on weights that --init loads.

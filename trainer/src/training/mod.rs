@@ -281,13 +281,13 @@ fn print_split(data: &PreparedData) {
 /// where its weights came from (for the card).
 fn build_model(
     args: &TrainArgs,
-    num_classes: usize,
+    classes: &[String],
     device: &Device,
 ) -> Result<(VarMap, ResNet50, String)> {
     let varmap = VarMap::new();
     let model = ResNet50::new(
         VarBuilder::from_varmap(&varmap, DType::F32, device),
-        num_classes,
+        classes.len(),
     )?;
     init::initialize(&varmap, args.seed)?;
     if args.zero_init_residual {
@@ -297,9 +297,16 @@ fn build_model(
         Some(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("reading --init {}", path.display()))?;
-            let head = Checkpoint::from_bytes(&bytes, device)?.load_into(&varmap, true)?;
+            let mut checkpoint = Checkpoint::from_bytes(&bytes, device)?;
+            let mut matched = String::new();
+            if let Some(init_classes) = &args.init_head_classes {
+                let kept;
+                (checkpoint, kept) = checkpoint.with_head_for(init_classes, classes, &varmap)?;
+                matched = format!(" (rows matched by class name: {kept:?} kept, the rest fresh)");
+            }
+            let head = checkpoint.load_into(&varmap, true)?;
             format!(
-                "{} (sha256 {}), head {head:?}",
+                "{} (sha256 {}), head {head:?}{matched}",
                 path.display(),
                 sha256_hex(&bytes)
             )
@@ -436,11 +443,10 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         train: train_idx,
         validation: val_idx,
     } = data;
-    let num_classes = images.classes.len();
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let (varmap, model, initialization) = build_model(args, num_classes, &device)?;
+    let (varmap, model, initialization) = build_model(args, &images.classes, &device)?;
     let sgd_config = SgdConfig {
         momentum: args.momentum,
         dampening: 0.0,
