@@ -141,16 +141,16 @@ impl Checkpoint {
                 .tensors
                 .get(&name)
                 .ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
-            let fresh = var.as_tensor();
-            let rows = source
+            let fresh_head = var.as_tensor();
+            let head_rows = source
                 .iter()
                 .enumerate()
                 .map(|(i, from)| match from {
                     Some(j) => trained.get(*j),
-                    None => fresh.get(i),
+                    None => fresh_head.get(i),
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let head = Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?;
+            let head = Tensor::stack(&head_rows, 0)?.to_dtype(DType::F32)?;
             self.tensors.insert(name, head);
         }
         let kept = model_classes
