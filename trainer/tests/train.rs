@@ -488,3 +488,33 @@ fn evaluation_reports_each_source() {
     let text = trainer::evaluate::groups_text(&evaluation.groups);
     assert!(text.contains("north") && text.contains("south"), "{text}");
 }
+
+#[test]
+fn init_head_classes_keeps_the_rows_of_shared_classes_and_refuses_unrelated_ones() {
+    let dir = tempdir();
+    let (data, first) = (dir.path().join("data"), dir.path().join("first"));
+    synthetic_folder(&data, 8);
+    training::run(&args(&data, &first, 1)).unwrap();
+
+    // The same images with one class renamed: "disc" is shared, "ringed" is new.
+    let renamed = dir.path().join("renamed");
+    std::fs::create_dir_all(&renamed).unwrap();
+    std::fs::rename(data.join("ring"), renamed.join("ringed")).unwrap();
+    std::fs::rename(data.join("disc"), renamed.join("disc")).unwrap();
+    let mut second = args(&renamed, &dir.path().join("second"), 1);
+    second.init = Some(first.join(MODEL_FILE));
+    second.init_head_classes = Some(vec!["disc".into(), "ring".into()]);
+    let card = training::run(&second).unwrap();
+    assert_eq!(card.classes, vec!["disc", "ringed"]);
+    let initialization = &card.training.as_ref().unwrap().initialization;
+    assert!(
+        initialization.contains(r#"["disc"] kept"#),
+        "{initialization}"
+    );
+
+    let mut unrelated = args(&renamed, &dir.path().join("third"), 1);
+    unrelated.init = Some(first.join(MODEL_FILE));
+    unrelated.init_head_classes = Some(vec!["cat".into(), "dog".into()]);
+    let err = training::run(&unrelated).unwrap_err();
+    assert!(format!("{err:#}").contains("share none"), "{err:#}");
+}
