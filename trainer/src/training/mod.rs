@@ -297,13 +297,17 @@ fn build_model(
         Some(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("reading --init {}", path.display()))?;
-            let mut checkpoint = Checkpoint::from_bytes(&bytes, device)?;
-            let mut matched = String::new();
-            if let Some(init_classes) = &args.init_head_classes {
-                let kept;
-                (checkpoint, kept) = checkpoint.with_head_for(init_classes, classes, &varmap)?;
-                matched = format!(" (rows matched by class name: {kept:?} kept, the rest fresh)");
-            }
+            let checkpoint = Checkpoint::from_bytes(&bytes, device)?;
+            let (checkpoint, matched) = match &args.init_head_classes {
+                Some(init_classes) => {
+                    let (checkpoint, kept) =
+                        checkpoint.with_head_for(init_classes, classes, &varmap)?;
+                    let matched =
+                        format!(" (rows matched by class name: {kept:?} kept, the rest fresh)");
+                    (checkpoint, matched)
+                }
+                None => (checkpoint, String::new()),
+            };
             let head = checkpoint.load_into(&varmap, true)?;
             format!(
                 "{} (sha256 {}), head {head:?}{matched}",
