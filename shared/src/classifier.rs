@@ -118,6 +118,13 @@ impl Classifier {
         })
     }
 
+    /// Every convolution after the stem computes its product in int8 from now on: 7-bit
+    /// activations with one scale per image and layer, int8 weights with one scale per output
+    /// channel, exact i32 sums (`ops::conv_int8`).
+    pub fn use_int8_products(&mut self) -> Result<()> {
+        Ok(self.model.use_int8_products()?)
+    }
+
     pub fn classes(&self) -> &[String] {
         &self.classes
     }

@@ -1,12 +1,15 @@
 //! ResNet50 (torchvision's `resnet50`, v1.5: the stride sits on the 3x3 convolution) with
 //! torchvision's parameter names, so public checkpoints load as they are.
 
+use std::sync::Arc;
+
 use candle_core::{Module, ModuleT, Result, Tensor, Var, D};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use crate::ops::batch_norm::batch_norm_train;
 use crate::ops::conv::conv2d_train;
 use crate::ops::conv_infer::conv2d_infer;
+use crate::ops::conv_int8::Int8Weight;
 use crate::ops::max_pool::stem_max_pool;
 use crate::ops::residual::add_relu;
 use crate::stage_times::Stopwatch;
@@ -81,8 +84,12 @@ enum ConvBn {
     },
     /// The convolution with the eval-mode batch norm folded into its weight and bias, once
     /// `fold_batch_norm` has run: inference then skips four full-size passes per layer, and
-    /// the unfolded weights are no longer held.
-    Folded(Conv2d),
+    /// the unfolded weights are no longer held. `int8`: the folded weight's codes, once
+    /// `use_int8_products` has run.
+    Folded {
+        conv: Conv2d,
+        int8: Option<Arc<Int8Weight>>,
+    },
 }
 
 impl ConvBn {
@@ -103,17 +110,31 @@ impl ConvBn {
             .weight()
             .broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
         let bias = (beta - (bn.running_mean() * &scale)?)?;
-        *self = Self::Folded(Conv2d::new(weight, Some(bias), *conv.config()));
+        *self = Self::Folded {
+            conv: Conv2d::new(weight, Some(bias), *conv.config()),
+            int8: None,
+        };
+        Ok(())
+    }
+
+    /// Quantizes the folded weight for int8 products (see `ops::conv_int8`).
+    fn use_int8_products(&mut self) -> Result<()> {
+        let Self::Folded { conv, int8 } = self else {
+            candle_core::bail!("int8 products need folded batch norms")
+        };
+        let (c_out, c_in, k, _) = conv.weight().dims4()?;
+        let weight: Vec<f32> = conv.weight().flatten_all()?.to_vec1()?;
+        *int8 = Some(Arc::new(Int8Weight::new(&weight, (c_out, c_in, k))));
         Ok(())
     }
 
     /// Conv, batch norm, then a ReLU if `relu` (fused into the batch norm when training).
     fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         match self {
-            Self::Folded(_) if train => {
+            Self::Folded { .. } if train => {
                 candle_core::bail!("a model with folded batch norms is for inference only")
             }
-            Self::Folded(folded) => conv2d_infer(x, folded, None, relu),
+            Self::Folded { conv, int8 } => conv2d_infer(x, conv, int8.as_ref(), None, relu),
             Self::Separate { conv, bn } if train => {
                 batch_norm_train(bn, &conv2d_train(x, conv)?, relu)
             }
@@ -131,7 +152,9 @@ impl ConvBn {
     /// relu(conv-bn(x) + identity), the bottleneck's last unit, in one pass once folded.
     fn forward_residual(&self, x: &Tensor, identity: &Tensor, train: bool) -> Result<Tensor> {
         match self {
-            Self::Folded(folded) if !train => conv2d_infer(x, folded, Some(identity), true),
+            Self::Folded { conv, int8 } if !train => {
+                conv2d_infer(x, conv, int8.as_ref(), Some(identity), true)
+            }
             _ => add_relu(&self.forward_t(x, train, false)?, identity),
         }
     }
@@ -234,15 +257,30 @@ impl ResNet50 {
     /// eval-mode outputs (to float rounding) in fewer passes. The model can no longer train.
     pub fn fold_batch_norms(&mut self) -> Result<()> {
         self.stem.fold_batch_norm()?;
-        for block in self.stages.iter_mut().flatten() {
-            for unit in [&mut block.reduce, &mut block.spatial, &mut block.expand] {
-                unit.fold_batch_norm()?;
-            }
-            if let Some(downsample) = &mut block.downsample {
-                downsample.fold_batch_norm()?;
-            }
-        }
-        Ok(())
+        self.block_units_mut()
+            .try_for_each(|unit| unit.fold_batch_norm())
+    }
+
+    /// Every convolution after the stem computes its product in int8 from now on (see
+    /// `ops::conv_int8`); needs `fold_batch_norms` first. The stem's input has negative values
+    /// and stays in f32.
+    pub fn use_int8_products(&mut self) -> Result<()> {
+        self.block_units_mut()
+            .try_for_each(|unit| unit.use_int8_products())
+    }
+
+    /// Every conv + batch norm of the bottleneck blocks (all but the stem's).
+    fn block_units_mut(&mut self) -> impl Iterator<Item = &mut ConvBn> {
+        self.stages.iter_mut().flatten().flat_map(|block| {
+            [
+                Some(&mut block.reduce),
+                Some(&mut block.spatial),
+                Some(&mut block.expand),
+                block.downsample.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+        })
     }
 
     pub fn num_classes(&self) -> usize {

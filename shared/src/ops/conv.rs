@@ -94,6 +94,43 @@ impl Geometry {
         self.c_in * self.k * self.k
     }
 
+    /// (C_in, k, k) of the kernel, the order of the weight's flattening.
+    pub(super) fn kernel_dims(&self) -> (usize, usize) {
+        (self.c_in, self.k)
+    }
+
+    /// Channels-last patches: (H, W, C_in) -> (H_out*W_out, k*k*C_in), row p the window of output
+    /// position p in (ky, kx, c) order, zero in the padding. A 1x1 stride-1 convolution's is the
+    /// image itself, returned without a copy.
+    pub(super) fn patch_rows<'a, T: Copy + Default>(
+        &self,
+        hwc: &'a [T],
+        scratch: &'a mut Vec<T>,
+    ) -> &'a [T] {
+        if self.is_pointwise() {
+            return hwc;
+        }
+        let (c, k) = (self.c_in, self.k);
+        scratch.clear();
+        scratch.resize(self.positions() * k * k * c, T::default());
+        for (p, row) in scratch.chunks_mut(k * k * c).enumerate() {
+            let (out_y, out_x) = (p / self.out_w, p % self.out_w);
+            for ky in 0..k {
+                let Some(y) = self.input_row(ky, out_y) else {
+                    continue;
+                };
+                for kx in 0..k {
+                    let x = (out_x * self.stride + kx).checked_sub(self.padding);
+                    if let Some(x) = x.filter(|&x| x < self.w) {
+                        let start = (y * self.w + x) * c;
+                        row[(ky * k + kx) * c..][..c].copy_from_slice(&hwc[start..start + c]);
+                    }
+                }
+            }
+        }
+        scratch
+    }
+
     /// A 1x1, stride-1, unpadded convolution: its patch matrix is the image itself.
     fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.padding == 0
@@ -163,17 +200,23 @@ impl Geometry {
     /// (C_in, H, W) -> (C_in*k*k, H_out*W_out), rows `pitch` apart in `patches`: column p holds
     /// the window of output position p, in the (c, ky, kx) order of the weight's flattening.
     /// Writes the rows of the input channels `channels` only, `patches` starting at the first.
-    fn im2col(&self, image: &[f32], channels: Range<usize>, patches: &mut [f32], pitch: usize) {
+    fn im2col<T: Copy + Default>(
+        &self,
+        image: &[T],
+        channels: Range<usize>,
+        patches: &mut [T],
+        pitch: usize,
+    ) {
         let first_row = channels.start * self.k * self.k;
         self.for_each_segment(channels, |segment| {
             let start = (segment.row - first_row) * pitch + segment.col;
             let row = &mut patches[start..start + self.out_w];
             let Some(input) = segment.input else {
-                row.fill(0.0);
+                row.fill(T::default());
                 return;
             };
-            row[..segment.valid.start].fill(0.0);
-            row[segment.valid.end..].fill(0.0);
+            row[..segment.valid.start].fill(T::default());
+            row[segment.valid.end..].fill(T::default());
             let row = &mut row[segment.valid];
             if self.stride == 1 {
                 row.copy_from_slice(&image[input..input + row.len()]);
@@ -217,21 +260,21 @@ impl Geometry {
     /// convolution's single image is its own patch matrix. `threads` share the copying, each a
     /// block of input channels (inference builds one image's matrix while the other cores wait
     /// for it; training already runs one group per thread and passes 1).
-    pub(super) fn group_patches<'a>(
+    pub(super) fn group_patches<'a, T: Copy + Default + Send + Sync>(
         &self,
-        images: &'a [f32],
-        scratch: &'a mut Vec<f32>,
+        images: &'a [T],
+        scratch: &'a mut Vec<T>,
         threads: usize,
-    ) -> &'a [f32] {
+    ) -> &'a [T] {
         if self.is_pointwise() {
             return to_wide(images, self.c_in, self.positions(), scratch);
         }
         let pitch = images.len() / self.in_len() * self.positions();
-        scratch.resize(self.patch_len() * pitch, 0.0);
+        scratch.resize(self.patch_len() * pitch, T::default());
         // A few blocks per thread, so that uneven blocks (the stem's 3 channels) still balance.
         let channels_per_block = self.c_in.div_ceil(threads * 4).max(1);
         let block_len = channels_per_block * self.k * self.k * pitch;
-        let fill_block = |(b, block): (usize, &mut [f32])| {
+        let fill_block = |(b, block): (usize, &mut [T])| {
             let first = b * channels_per_block;
             let channels = first..(first + channels_per_block).min(self.c_in);
             for (i, image) in images.chunks(self.in_len()).enumerate() {
@@ -271,17 +314,17 @@ const MIN_COLUMNS: usize = 256;
 
 /// (n, rows, P) -> (rows, n*P): a group of images side by side, image i in column block i, so
 /// that one product serves them all. One image is already that matrix and is not copied.
-fn to_wide<'a>(
-    images: &'a [f32],
+fn to_wide<'a, T: Copy + Default>(
+    images: &'a [T],
     rows: usize,
     positions: usize,
-    scratch: &'a mut Vec<f32>,
-) -> &'a [f32] {
+    scratch: &'a mut Vec<T>,
+) -> &'a [T] {
     let pitch = images.len() / rows;
     if pitch == positions {
         return images;
     }
-    scratch.resize(images.len(), 0.0);
+    scratch.resize(images.len(), T::default());
     for (i, image) in images.chunks(rows * positions).enumerate() {
         for (r, row) in image.chunks(positions).enumerate() {
             scratch[r * pitch + i * positions..][..positions].copy_from_slice(row);

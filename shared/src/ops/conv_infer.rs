@@ -12,21 +12,26 @@
 //! what an attribution map on an earlier layer needs (`ResNet50::layer2_gradient`); nothing
 //! trains through this op.
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use candle_nn::Conv2d;
 
 use rayon::prelude::*;
 
 use crate::ops::conv::{conv2d_grad_input, Geometry};
+use crate::ops::conv_int8::{accumulate_product, quantize_activations, Int8Weight};
 use crate::ops::cpu_slice::contiguous_f32;
 use crate::ops::matmul::{matmul, Matrix};
 use crate::ops::residual::relu_backward;
 
-/// relu?(conv(x) + bias + residual?) for a convolution with a bias (a folded batch norm).
+/// relu?(conv(x) + bias + residual?) for a convolution with a bias (a folded batch norm);
+/// the product in int8 when `int8` holds the weight's codes and the input has no negative value.
 /// (N, C_in, H, W) -> (N, C_out, H_out, W_out); `residual` has the output's shape.
 pub fn conv2d_infer(
     x: &Tensor,
     conv: &Conv2d,
+    int8: Option<&Arc<Int8Weight>>,
     residual: Option<&Tensor>,
     relu: bool,
 ) -> Result<Tensor> {
@@ -45,6 +50,7 @@ pub fn conv2d_infer(
         geometry: Geometry::new(x.dims4()?, conv.weight().dims4()?, config)?,
         bias: bias.to_vec1()?,
         relu,
+        int8: int8.cloned(),
     };
     let x = x.contiguous()?;
     // Frozen: no gradient is asked of the weight, whatever it was computed from.
@@ -80,6 +86,7 @@ struct ConvInfer {
     geometry: Geometry,
     bias: Vec<f32>,
     relu: bool,
+    int8: Option<Arc<Int8Weight>>,
 }
 
 /// Threads for one image's product: candle's count natively (RAYON_NUM_THREADS), one in the
@@ -107,8 +114,18 @@ impl ConvInfer {
         let out_len = g.c_out * positions;
         let mut y = vec![0f32; g.batch * out_len];
         let mut scratch = Vec::new();
+        let (mut codes, mut code_patches, mut sums) = (Vec::new(), Vec::new(), Vec::new());
         for (i, (y, image)) in y.chunks_mut(out_len).zip(x.chunks(g.in_len())).enumerate() {
             let residual = residual.map(|r| &r[i * out_len..][..out_len]);
+            if let Some(int8) = &self.int8 {
+                if let Some(scale) = quantize_activations(image, g.kernel_dims().0, &mut codes) {
+                    self.fill_with_bias(y, 0, residual);
+                    let patches = g.patch_rows(&codes, &mut code_patches);
+                    accumulate_product(y, int8, patches, scale, &mut sums);
+                    self.apply_relu(y);
+                    continue;
+                }
+            }
             let patches = g.group_patches(image, &mut scratch, threads());
             let patches = Matrix::row_major(patches, g.patch_len(), positions);
             // Each thread takes a band of output channels: every band reads the whole patch
@@ -126,12 +143,16 @@ impl ConvInfer {
                     );
                     let rows = Matrix::row_major(rows, rows.len() / g.patch_len(), g.patch_len());
                     matmul(y, rows, patches, true);
-                    if self.relu {
-                        y.iter_mut().for_each(|v| *v = v.max(0.0));
-                    }
+                    self.apply_relu(y);
                 });
         }
         (CpuStorage::F32(y), g.output())
+    }
+
+    fn apply_relu(&self, y: &mut [f32]) {
+        if self.relu {
+            y.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
     }
 
     /// Starts the output channels from `first_channel` on as their bias, plus the residual.
@@ -255,7 +276,7 @@ mod tests {
             (None, true),
             (Some(residual.as_tensor()), true),
         ] {
-            let fused = conv2d_infer(&x, &conv, residual, relu).unwrap();
+            let fused = conv2d_infer(&x, &conv, None, residual, relu).unwrap();
             let reference = by_tensor_ops(&x, &conv, residual, relu).unwrap();
             assert_eq!(fused.dims(), reference.dims());
             let (diff, scale) = max_diff_and_scale(&fused, &reference);
@@ -274,7 +295,7 @@ mod tests {
         for (with_residual, relu) in [(false, false), (false, true), (true, true)] {
             let r = with_residual.then(|| residual.as_tensor());
             let inputs = [x.as_tensor(), residual.as_tensor()];
-            let fused = conv2d_infer(&x, &conv, r, relu).unwrap();
+            let fused = conv2d_infer(&x, &conv, None, r, relu).unwrap();
             let reference = by_tensor_ops(&x, &conv, r, relu).unwrap();
             let fused = grads_of(&fused, &upstream, &inputs[..1 + with_residual as usize]);
             let reference = grads_of(&reference, &upstream, &inputs[..1 + with_residual as usize]);
@@ -310,6 +331,39 @@ mod tests {
         check(1, 3, 15, 8, 7, 2);
     }
 
+    /// The int8 product against candle's f32 ops: within the quantization error on an input
+    /// without negative values (after a ReLU), exactly the f32 op on one with them.
+    fn check_int8(batch: usize, c_in: usize, size: usize, c_out: usize, k: usize, stride: usize) {
+        let (x, conv, residual) = case(batch, c_in, size, c_out, k, stride);
+        let (weight, dims) = (conv.weight(), conv.weight().dims4().unwrap());
+        let codes = Arc::new(Int8Weight::new(
+            &weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            (dims.0, dims.1, dims.2),
+        ));
+        let after_relu = x.relu().unwrap();
+        for (residual, relu) in [(None, false), (Some(residual.as_tensor()), true)] {
+            let int8 = conv2d_infer(&after_relu, &conv, Some(&codes), residual, relu).unwrap();
+            let reference = by_tensor_ops(&after_relu, &conv, residual, relu).unwrap();
+            let (diff, scale) = max_diff_and_scale(&int8, &reference);
+            // Codes of 7 and 8 bits: about 1% of the output's range at these sizes.
+            assert!(
+                diff <= 0.02 * scale.max(1.0) && diff > 0.0,
+                "k {k} stride {stride} batch {batch}: {diff} of {scale}"
+            );
+            let signed = conv2d_infer(&x, &conv, Some(&codes), residual, relu).unwrap();
+            let f32_op = conv2d_infer(&x, &conv, None, residual, relu).unwrap();
+            assert_eq!(max_diff_and_scale(&signed, &f32_op).0, 0.0);
+        }
+    }
+
+    #[test]
+    fn int8_products_match_candle_within_the_quantization_error() {
+        check_int8(1, 16, 7, 24, 1, 1);
+        check_int8(2, 8, 9, 16, 3, 1);
+        check_int8(2, 8, 9, 16, 3, 2);
+        check_int8(1, 8, 10, 16, 1, 2);
+    }
+
     #[test]
     fn a_convolution_without_bias_is_refused() {
         let device = Device::Cpu;
@@ -319,6 +373,6 @@ mod tests {
             Default::default(),
         );
         let x = Tensor::zeros((1, 2, 3, 3), DType::F32, &device).unwrap();
-        assert!(conv2d_infer(&x, &conv, None, false).is_err());
+        assert!(conv2d_infer(&x, &conv, None, None, false).is_err());
     }
 }

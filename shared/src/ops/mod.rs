@@ -8,6 +8,7 @@ use candle_core::{Result, Tensor};
 pub mod batch_norm;
 pub mod conv;
 pub mod conv_infer;
+pub mod conv_int8;
 mod cpu_slice;
 mod matmul;
 pub mod max_pool;

@@ -1,0 +1,217 @@
+//! The inference convolution's product in int8: the input quantized per image to 7-bit codes
+//! with one scale, the folded weight to int8 codes with one scale per output channel, their
+//! product summed exactly in i32 by rten-gemm's int8 kernels, and scaled back to f32 onto the
+//! output's bias (and residual).
+//!
+//! The codes are laid out channels-last, (H, W, C), so that each output position's patch is
+//! one contiguous row, the layout the kernel packs fastest (read transposed from channels-first
+//! patches, packing cost more than the product at 44x44); the weight's columns are put in the
+//! same (ky, kx, c) order once, when it is quantized.
+//!
+//! Only inputs without negative values take this path (every convolution after a ReLU, that is
+//! all but the stem), so the codes need no zero point. 7 bits, not 8: AVX2 without VNNI sums
+//! pairs of u8 x i8 products in 16 bits (`vpmaddubsw`), which 2 x 255 x 127 overflows and
+//! 2 x 127 x 127 does not, and every machine must compute the same sums.
+
+use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmOptions, PackedBMatrix};
+use rten_tensor::NdTensorView;
+
+use crate::quantize::quantize_rows;
+
+/// The largest activation code.
+const ACTIVATION_MAX: f32 = 127.0;
+
+type Int8Gemm = GemmExecutor<u8, i8, i32>;
+
+/// A folded convolution weight as int8 codes, prepacked for the kernel once.
+pub struct Int8Weight {
+    /// The codes' (patch_len, c_out) transpose, the product's right-hand side.
+    packed: PackedBMatrix<i8>,
+    /// Per output channel.
+    scales: Vec<f32>,
+}
+
+impl std::fmt::Debug for Int8Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Int8Weight")
+            .field("c_out", &self.scales.len())
+            .field("patch_len", &self.packed.rows())
+            .finish()
+    }
+}
+
+impl Int8Weight {
+    /// `weight`: the (c_out, c_in, k, k) kernel, row-major.
+    pub fn new(weight: &[f32], (c_out, c_in, k): (usize, usize, usize)) -> Self {
+        let patch_len = c_in * k * k;
+        assert_eq!(weight.len(), c_out * patch_len);
+        // (c, ky, kx) -> (ky, kx, c) within each output channel's row.
+        let mut channels_last = vec![0f32; weight.len()];
+        for (row, out) in weight
+            .chunks(patch_len)
+            .zip(channels_last.chunks_mut(patch_len))
+        {
+            for c in 0..c_in {
+                for window in 0..k * k {
+                    out[window * c_in + c] = row[c * k * k + window];
+                }
+            }
+        }
+        let (codes, scales) = quantize_rows(&channels_last, c_out);
+        let transposed =
+            NdTensorView::from_data_with_strides([patch_len, c_out], &codes[..], [1, patch_len])
+                .expect("the codes hold c_out x patch_len values");
+        Self {
+            packed: Int8Gemm::default().prepack_b(transposed),
+            scales,
+        }
+    }
+
+    pub fn c_out(&self) -> usize {
+        self.scales.len()
+    }
+
+    pub fn patch_len(&self) -> usize {
+        self.packed.rows()
+    }
+}
+
+/// A (C, H, W) image's values as (H, W, C) 7-bit codes and their scale, or `None` when one is
+/// negative (or not finite): then the caller computes in f32.
+pub fn quantize_activations(image: &[f32], channels: usize, codes: &mut Vec<u8>) -> Option<f32> {
+    // Branch-free folds, so that both vectorise: this pass reads every activation.
+    let largest = image.iter().fold(0f32, |m, &v| m.max(v));
+    let unusable = image
+        .iter()
+        .fold(0u32, |n, &v| n + u32::from(v < 0.0 || v.is_nan()));
+    if unusable > 0 || !largest.is_finite() {
+        return None;
+    }
+    let scale = if largest > 0.0 {
+        largest / ACTIVATION_MAX
+    } else {
+        1.0
+    };
+    let inverse = 1.0 / scale;
+    let positions = image.len() / channels.max(1);
+    codes.clear();
+    codes.resize(image.len(), 0);
+    // Transposed a block of positions at a time, so that the rows written stay in cache;
+    // `+ 0.5` then truncation rounds these non-negative values as `round` would, without
+    // libm's call per value.
+    const BLOCK: usize = 32;
+    for first in (0..positions).step_by(BLOCK) {
+        let end = (first + BLOCK).min(positions);
+        for (c, plane) in image.chunks(positions).enumerate() {
+            for (p, &v) in (first..end).zip(&plane[first..end]) {
+                codes[p * channels + c] = (v * inverse + 0.5).min(ACTIVATION_MAX) as u8;
+            }
+        }
+    }
+    Some(scale)
+}
+
+/// `y += scale * (weight @ patches^T)`, `y` (c_out, positions) row-major, `patches` the
+/// (positions, patch_len) row-major codes (`Geometry::patch_rows`) with activation scale
+/// `scale`; `sums` is scratch.
+pub fn accumulate_product(
+    y: &mut [f32],
+    weight: &Int8Weight,
+    patches: &[u8],
+    scale: f32,
+    sums: &mut Vec<i32>,
+) {
+    let (c_out, patch_len) = (weight.c_out(), weight.patch_len());
+    let positions = patches.len() / patch_len.max(1);
+    assert_eq!(y.len(), c_out * positions);
+    let lhs = NdTensorView::from_data_with_strides([positions, patch_len], patches, [patch_len, 1])
+        .expect("the patches hold positions x patch_len codes");
+    sums.clear();
+    sums.resize(positions * c_out, 0);
+    // The executor is not Send, so the op cannot keep one; making one only picks the kernel
+    // this CPU supports (the same each time, which the prepacked layout relies on).
+    Int8Gemm::default()
+        .gemm(
+            sums,
+            GemmInputA::Unpacked(lhs),
+            GemmInputB::Packed(&weight.packed),
+            GemmOptions::default(),
+        )
+        .expect("the product's shapes agree by construction");
+    // (positions, c_out) sums -> the (c_out, positions) output, a block of positions at a time
+    // so that the rows of sums it reads stay in cache.
+    const BLOCK: usize = 16;
+    for first in (0..positions).step_by(BLOCK) {
+        let block = first..(first + BLOCK).min(positions);
+        for (c, &weight_scale) in weight.scales.iter().enumerate() {
+            let factor = scale * weight_scale;
+            let row = &mut y[c * positions..][block.clone()];
+            for (value, p) in row.iter_mut().zip(block.clone()) {
+                *value += factor * sums[p * c_out + c] as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic spread of values in [-1, 1].
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+                (x % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn activations_become_channels_last_codes_unless_one_is_negative() {
+        let mut codes = Vec::new();
+        assert_eq!(quantize_activations(&[0.5, -0.1], 1, &mut codes), None);
+        assert_eq!(quantize_activations(&[0.5, f32::NAN], 1, &mut codes), None);
+        // Two channels of three positions, channels-last out.
+        let scale = quantize_activations(&[0.0, 0.5, 1.27, 0.01, 0.02, 0.03], 2, &mut codes);
+        assert!((scale.unwrap() - 0.01).abs() < 1e-7);
+        assert_eq!(codes, [0, 1, 50, 2, 127, 3]);
+    }
+
+    #[test]
+    fn the_int8_product_is_the_float_product_within_the_quantization_error() {
+        let (c_out, patch_len, positions) = (37, 70, 53);
+        let weight = values(c_out * patch_len, 1);
+        let patches: Vec<f32> = values(patch_len * positions, 2)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        // A 1x1 convolution: the (patch_len, positions) patches are the image, and their
+        // channels-last codes the kernel's rows.
+        let mut codes = Vec::new();
+        let scale = quantize_activations(&patches, patch_len, &mut codes).unwrap();
+        let bias = 0.25;
+        let mut y = vec![bias; c_out * positions];
+        accumulate_product(
+            &mut y,
+            &Int8Weight::new(&weight, (c_out, patch_len, 1)),
+            &codes,
+            scale,
+            &mut Vec::new(),
+        );
+        let mut largest_error = 0f32;
+        for c in 0..c_out {
+            for p in 0..positions {
+                let exact: f32 = (0..patch_len)
+                    .map(|k| weight[c * patch_len + k] * patches[k * positions + p])
+                    .sum::<f32>()
+                    + bias;
+                largest_error = largest_error.max((y[c * positions + p] - exact).abs());
+            }
+        }
+        // Each of the 70 products is off by at most half a step of either code (about 0.004
+        // each, relative to values up to 1); rounding errors mostly cancel.
+        assert!(largest_error < 0.05, "largest error {largest_error}");
+        assert!(largest_error > 0.0, "an int8 product cannot be exact here");
+    }
+}
