@@ -4,7 +4,7 @@
 use candle_core::Device;
 use pneumoscope::report::DISCLAIMER;
 use pneumoscope_tests::{fixture_dir, repo_root, shared_data_dir};
-use trainer::predict::{run, PredictArgs};
+use trainer::predict::{run, ComputeArgs, PredictArgs};
 
 /// Page objects in a PDF (pdf-writer writes `/Type /Page` on its own line).
 fn pages(pdf: &[u8]) -> usize {
@@ -35,6 +35,7 @@ fn predict_writes_a_report_per_image_and_one_for_the_batch() {
         card: Some(weights.join("model.json")),
         json: true,
         report: Some(out.clone()),
+        compute: ComputeArgs::default(),
         images,
     };
     // The broken file fails on its own: not every image was classified.

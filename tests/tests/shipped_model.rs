@@ -306,3 +306,36 @@ fn quantized_weights_keep_the_float_models_accuracy() {
         "every evaluation of the int8 model should have its float counterpart"
     );
 }
+
+/// Int8 products (`--int8-products`, native only for now) against the f32 products the page
+/// computes, on the Kaggle test split: one borderline image of 66 changed class and no
+/// probability moved by more than 0.08 when measured.
+#[test]
+fn int8_products_keep_the_shipped_models_answers() {
+    let (f32_products, _) = shipped();
+    let (mut int8_products, _) = shipped();
+    int8_products.use_int8_products().unwrap();
+    let images = test_radiographs();
+    let (mut changed, mut largest_move) = (0, 0f32);
+    for image in &images {
+        let f32_answer = f32_products.classify_image(image).unwrap();
+        let int8_answer = int8_products.classify_image(image).unwrap();
+        changed += usize::from(f32_answer.top != int8_answer.top);
+        for (a, b) in f32_answer
+            .probabilities
+            .iter()
+            .zip(&int8_answer.probabilities)
+        {
+            largest_move = largest_move.max((a - b).abs());
+        }
+    }
+    assert!(
+        changed * 20 <= images.len(),
+        "{changed} of {} images changed class",
+        images.len()
+    );
+    assert!(
+        largest_move > 0.0 && largest_move < 0.2,
+        "largest probability change {largest_move}"
+    );
+}

@@ -6,8 +6,9 @@
 //! each stage. It then hands the same preprocessed inputs and our logits to
 //! `scripts/onnx_peer.py` (onnxruntime, developers only: `pip install onnx onnxruntime
 //! safetensors`), which exports the weights to ONNX, checks its logits against ours and times its
-//! forward pass at the same thread count; the last table gives the ratios. Threads: candle's
-//! default (all cores); `RAYON_NUM_THREADS=1` pins both sides to one.
+//! forward pass at the same thread count; the last table gives the ratios. Ours runs twice: with
+//! f32 products (what the page does) and with int8 products (`--int8-products`). Threads:
+//! candle's default (all cores); `RAYON_NUM_THREADS=1` pins both sides to one.
 
 mod common;
 
@@ -36,15 +37,20 @@ fn images() -> Vec<(String, Vec<u8>)> {
     .collect()
 }
 
-/// The shipped model with its preprocessing moved to `crop` (the resize keeps the card's ratio).
-fn classifier(card: &ModelCard, crop: u32) -> Classifier {
+/// The shipped model with its preprocessing moved to `crop` (the resize keeps the card's ratio),
+/// with int8 or f32 products.
+fn classifier(card: &ModelCard, crop: u32, int8: bool) -> Classifier {
     let mut card = card.clone();
     let ratio = card.preprocessing.resize_shorter as f32 / card.preprocessing.crop as f32;
     card.preprocessing.resize_shorter = (crop as f32 * ratio).round() as u32;
     card.preprocessing.crop = crop;
     let weights = common::root().join("weights/model.safetensors");
     let checkpoint = Checkpoint::from_file(&weights, &Device::Cpu).unwrap();
-    Classifier::new(checkpoint, Some(&card), &Device::Cpu).unwrap()
+    let mut classifier = Classifier::new(checkpoint, Some(&card), &Device::Cpu).unwrap();
+    if int8 {
+        classifier.use_int8_products().unwrap();
+    }
+    classifier
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -64,10 +70,16 @@ struct CropResult {
 
 const FORWARD_STAGES: [&str; 6] = ["stem", "layer1", "layer2", "layer3", "layer4", "head"];
 
-/// Times every image `REPEATS` times after one warm-up and writes the inputs and logits for the
-/// peer to `out`.
-fn bench_crop(card: &ModelCard, crop: u32, images: &[(String, Vec<u8>)], out: &Path) -> CropResult {
-    let classifier = classifier(card, crop);
+/// Times every image `REPEATS` times after one warm-up and, given `out`, writes the inputs and
+/// logits for the peer there.
+fn bench_crop(
+    card: &ModelCard,
+    crop: u32,
+    images: &[(String, Vec<u8>)],
+    int8: bool,
+    out: Option<&Path>,
+) -> CropResult {
+    let classifier = classifier(card, crop, int8);
     let clock_origin = Instant::now();
     let clock = move || clock_origin.elapsed().as_secs_f64() * 1000.0;
     let mut runs: Vec<StageTimes> = Vec::new();
@@ -87,17 +99,19 @@ fn bench_crop(card: &ModelCard, crop: u32, images: &[(String, Vec<u8>)], out: &P
             runs.push(watch.into_times());
         }
     }
-    let n = images.len();
-    let c = crop as usize;
-    Tensor::from_vec(inputs, (n, 3, c, c), &Device::Cpu)
-        .unwrap()
-        .write_npy(out.join(format!("input-{crop}.npy")))
-        .unwrap();
-    let classes = logits.len() / n;
-    Tensor::from_vec(logits, (n, classes), &Device::Cpu)
-        .unwrap()
-        .write_npy(out.join(format!("logits-{crop}.npy")))
-        .unwrap();
+    if let Some(out) = out {
+        let n = images.len();
+        let c = crop as usize;
+        Tensor::from_vec(inputs, (n, 3, c, c), &Device::Cpu)
+            .unwrap()
+            .write_npy(out.join(format!("input-{crop}.npy")))
+            .unwrap();
+        let classes = logits.len() / n;
+        Tensor::from_vec(logits, (n, classes), &Device::Cpu)
+            .unwrap()
+            .write_npy(out.join(format!("logits-{crop}.npy")))
+            .unwrap();
+    }
     let mut stages = StageTimes::default();
     for (name, _) in &runs[0].0 {
         stages.add(
@@ -160,9 +174,12 @@ fn peer(out: &Path, threads: usize) -> Result<Vec<PeerResult>, String> {
         .collect()
 }
 
-fn print_stages(results: &[CropResult]) {
+fn print_stages(products: &str, results: &[CropResult]) {
     let crops: Vec<String> = results.iter().map(|r| format!("{0}x{0}", r.crop)).collect();
-    println!("| stage (median ms) | {} |", crops.join(" | "));
+    println!(
+        "| stage, {products} products (median ms) | {} |",
+        crops.join(" | ")
+    );
     println!("|---|{}", "---|".repeat(results.len()));
     for (name, _) in &results[0].stages.0 {
         let cells: Vec<String> = results
@@ -195,29 +212,37 @@ fn main() {
     );
     let results: Vec<CropResult> = CROPS
         .iter()
-        .map(|&crop| bench_crop(&card, crop, &images, &out))
+        .map(|&crop| bench_crop(&card, crop, &images, false, Some(&out)))
         .collect();
-    print_stages(&results);
+    let int8_results: Vec<CropResult> = CROPS
+        .iter()
+        .map(|&crop| bench_crop(&card, crop, &images, true, None))
+        .collect();
+    print_stages("f32", &results);
+    println!();
+    print_stages("int8", &int8_results);
     println!();
     match peer(&out, threads) {
         Err(why) => println!("no onnxruntime column: {}", why.trim()),
         Ok(peers) => {
             println!(
-                "| input | ours: everything | ours: forward (stem .. head) | onnxruntime {}: forward | ours forward / onnxruntime | largest logit difference |",
+                "| input | ours: everything | ours: forward (stem .. head) | ours, int8 products: forward | onnxruntime {}: forward | ours forward / onnxruntime | ours int8 / onnxruntime | largest logit difference (f32) |",
                 peers.first().map(|p| p.onnxruntime.as_str()).unwrap_or("?")
             );
-            println!("|---|---|---|---|---|---|");
-            for result in &results {
+            println!("|---|---|---|---|---|---|---|---|");
+            for (result, int8) in results.iter().zip(&int8_results) {
                 let Some(p) = peers.iter().find(|p| p.crop == result.crop) else {
                     continue;
                 };
                 println!(
-                    "| {0}x{0} | {1:.1} ms | {2:.1} ms | {3:.1} ms | {4:.2}x | {5:.1e} |",
+                    "| {0}x{0} | {1:.1} ms | {2:.1} ms | {3:.1} ms | {4:.1} ms | {5:.2}x | {6:.2}x | {7:.1e} |",
                     result.crop,
                     result.total,
                     result.forward,
+                    int8.forward,
                     p.median_ms,
                     result.forward / p.median_ms,
+                    int8.forward / p.median_ms,
                     p.max_logit_diff
                 );
             }

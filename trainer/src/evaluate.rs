@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use pneumoscope::calibration::{reliability_bins, softmax_with_temperature, CalibrationReport};
@@ -15,7 +15,7 @@ use pneumoscope::Classifier;
 
 use crate::data::{ImageFolder, Sample};
 use crate::plots;
-use crate::predict::{classify_file, load_classifier};
+use crate::predict::{classify_file, ComputeArgs};
 
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
@@ -40,6 +40,8 @@ pub struct EvaluateArgs {
     /// Record the evaluation in the card under this name (replacing one of the same name).
     #[arg(long, requires = "card")]
     pub record: Option<String>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 /// What classifying a labelled folder gave.
@@ -196,7 +198,12 @@ pub fn confusion_text(report: &ClassificationReport) -> String {
 }
 
 pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport> {
-    let classifier = load_classifier(&args.weights, args.card.as_deref(), device)?;
+    if args.compute.int8_products && args.record.is_some() {
+        bail!("--record keeps the card's results for the model as the page runs it (f32 products); evaluate with --int8-products without it");
+    }
+    let classifier = args
+        .compute
+        .load(&args.weights, args.card.as_deref(), device)?;
     let mut folder = ImageFolder::scan_classes(&args.data, Some(classifier.classes()))?;
     if !folder.left_out_classes.is_empty() {
         println!(

@@ -32,9 +32,31 @@ pub struct PredictArgs {
     /// Needs --card.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Image files (PNG, JPEG or DICOM).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+}
+
+/// How a loaded model computes (`trainer predict` and `trainer evaluate`).
+#[derive(Debug, Default, Args)]
+pub struct ComputeArgs {
+    /// Compute every convolution after the stem with int8 products (7-bit activations, int8
+    /// weights, exact i32 sums) instead of f32: faster natively; the page computes in f32.
+    #[arg(long)]
+    pub int8_products: bool,
+}
+
+impl ComputeArgs {
+    /// `load_classifier`, then the compute asked for.
+    pub fn load(&self, weights: &Path, card: Option<&Path>, device: &Device) -> Result<Classifier> {
+        let mut classifier = load_classifier(weights, card, device)?;
+        if self.int8_products {
+            classifier.use_int8_products()?;
+        }
+        Ok(classifier)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -247,7 +269,9 @@ fn classify(
 
 /// Returns whether every image was classified.
 pub fn run(args: &PredictArgs, device: &Device) -> Result<bool> {
-    let classifier = load_classifier(&args.weights, args.card.as_deref(), device)?;
+    let classifier = args
+        .compute
+        .load(&args.weights, args.card.as_deref(), device)?;
     let report_card = match (&args.report, &args.card) {
         (Some(_), Some(card)) => Some(load_card(card)?),
         (Some(_), None) => {
