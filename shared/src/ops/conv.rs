@@ -94,9 +94,9 @@ impl Geometry {
         self.c_in * self.k * self.k
     }
 
-    /// (C_in, k, k) of the kernel, the order of the weight's flattening.
-    pub(super) fn kernel_dims(&self) -> (usize, usize) {
-        (self.c_in, self.k)
+    /// Channels of the input.
+    pub(super) fn c_in(&self) -> usize {
+        self.c_in
     }
 
     /// Channels-last patches: (H, W, C_in) -> (H_out*W_out, k*k*C_in), row p the window of output
@@ -200,23 +200,17 @@ impl Geometry {
     /// (C_in, H, W) -> (C_in*k*k, H_out*W_out), rows `pitch` apart in `patches`: column p holds
     /// the window of output position p, in the (c, ky, kx) order of the weight's flattening.
     /// Writes the rows of the input channels `channels` only, `patches` starting at the first.
-    fn im2col<T: Copy + Default>(
-        &self,
-        image: &[T],
-        channels: Range<usize>,
-        patches: &mut [T],
-        pitch: usize,
-    ) {
+    fn im2col(&self, image: &[f32], channels: Range<usize>, patches: &mut [f32], pitch: usize) {
         let first_row = channels.start * self.k * self.k;
         self.for_each_segment(channels, |segment| {
             let start = (segment.row - first_row) * pitch + segment.col;
             let row = &mut patches[start..start + self.out_w];
             let Some(input) = segment.input else {
-                row.fill(T::default());
+                row.fill(0.0);
                 return;
             };
-            row[..segment.valid.start].fill(T::default());
-            row[segment.valid.end..].fill(T::default());
+            row[..segment.valid.start].fill(0.0);
+            row[segment.valid.end..].fill(0.0);
             let row = &mut row[segment.valid];
             if self.stride == 1 {
                 row.copy_from_slice(&image[input..input + row.len()]);
@@ -260,21 +254,21 @@ impl Geometry {
     /// convolution's single image is its own patch matrix. `threads` share the copying, each a
     /// block of input channels (inference builds one image's matrix while the other cores wait
     /// for it; training already runs one group per thread and passes 1).
-    pub(super) fn group_patches<'a, T: Copy + Default + Send + Sync>(
+    pub(super) fn group_patches<'a>(
         &self,
-        images: &'a [T],
-        scratch: &'a mut Vec<T>,
+        images: &'a [f32],
+        scratch: &'a mut Vec<f32>,
         threads: usize,
-    ) -> &'a [T] {
+    ) -> &'a [f32] {
         if self.is_pointwise() {
             return to_wide(images, self.c_in, self.positions(), scratch);
         }
         let pitch = images.len() / self.in_len() * self.positions();
-        scratch.resize(self.patch_len() * pitch, T::default());
+        scratch.resize(self.patch_len() * pitch, 0.0);
         // A few blocks per thread, so that uneven blocks (the stem's 3 channels) still balance.
         let channels_per_block = self.c_in.div_ceil(threads * 4).max(1);
         let block_len = channels_per_block * self.k * self.k * pitch;
-        let fill_block = |(b, block): (usize, &mut [T])| {
+        let fill_block = |(b, block): (usize, &mut [f32])| {
             let first = b * channels_per_block;
             let channels = first..(first + channels_per_block).min(self.c_in);
             for (i, image) in images.chunks(self.in_len()).enumerate() {
@@ -314,17 +308,17 @@ const MIN_COLUMNS: usize = 256;
 
 /// (n, rows, P) -> (rows, n*P): a group of images side by side, image i in column block i, so
 /// that one product serves them all. One image is already that matrix and is not copied.
-fn to_wide<'a, T: Copy + Default>(
-    images: &'a [T],
+fn to_wide<'a>(
+    images: &'a [f32],
     rows: usize,
     positions: usize,
-    scratch: &'a mut Vec<T>,
-) -> &'a [T] {
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
     let pitch = images.len() / rows;
     if pitch == positions {
         return images;
     }
-    scratch.resize(images.len(), T::default());
+    scratch.resize(images.len(), 0.0);
     for (i, image) in images.chunks(rows * positions).enumerate() {
         for (r, row) in image.chunks(positions).enumerate() {
             scratch[r * pitch + i * positions..][..positions].copy_from_slice(row);
@@ -576,6 +570,37 @@ mod tests {
                     many, one,
                     "c_in {c_in} k {k} stride {stride} threads {threads}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn patch_rows_are_the_channels_last_transpose_of_the_patch_matrix() {
+        for (c_in, size, k, stride) in [(3, 15, 7, 2), (13, 9, 3, 1), (8, 10, 3, 2), (5, 6, 1, 2)] {
+            let config = Conv2dConfig {
+                padding: k / 2,
+                stride,
+                ..Default::default()
+            };
+            let g = Geometry::new((1, c_in, size, size), (4, c_in, k, k), config).unwrap();
+            let image: Vec<f32> = (0..g.in_len()).map(|i| i as f32 + 1.0).collect();
+            let hwc: Vec<f32> = (0..g.in_len())
+                .map(|i| image[(i % c_in) * size * size + i / c_in])
+                .collect();
+            let columns = g.group_patches(&image, &mut Vec::new(), 1).to_vec();
+            let rows = g.patch_rows(&hwc, &mut Vec::new()).to_vec();
+            let (positions, windows) = (g.positions(), k * k);
+            assert_eq!(rows.len(), columns.len());
+            for p in 0..positions {
+                for window in 0..windows {
+                    for c in 0..c_in {
+                        assert_eq!(
+                            rows[p * g.patch_len() + window * c_in + c],
+                            columns[(c * windows + window) * positions + p],
+                            "k {k} stride {stride} position {p}"
+                        );
+                    }
+                }
             }
         }
     }

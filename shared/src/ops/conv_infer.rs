@@ -118,7 +118,7 @@ impl ConvInfer {
         for (i, (y, image)) in y.chunks_mut(out_len).zip(x.chunks(g.in_len())).enumerate() {
             let residual = residual.map(|r| &r[i * out_len..][..out_len]);
             if let Some(int8) = &self.int8 {
-                if let Some(scale) = quantize_activations(image, g.kernel_dims().0, &mut codes) {
+                if let Some(scale) = quantize_activations(image, g.c_in(), &mut codes) {
                     self.fill_with_bias(y, 0, residual);
                     let patches = g.patch_rows(&codes, &mut code_patches);
                     accumulate_product(y, int8, patches, scale, &mut sums);
