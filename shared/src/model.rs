@@ -122,9 +122,7 @@ impl ConvBn {
         let Self::Folded { conv, int8 } = self else {
             candle_core::bail!("int8 products need folded batch norms")
         };
-        let (c_out, c_in, k, _) = conv.weight().dims4()?;
-        let weight: Vec<f32> = conv.weight().flatten_all()?.to_vec1()?;
-        *int8 = Some(Arc::new(Int8Weight::new(&weight, (c_out, c_in, k))));
+        *int8 = Some(Arc::new(Int8Weight::of_conv(conv)?));
         Ok(())
     }
 

@@ -335,11 +335,7 @@ mod tests {
     /// without negative values (after a ReLU), exactly the f32 op on one with them.
     fn check_int8(batch: usize, c_in: usize, size: usize, c_out: usize, k: usize, stride: usize) {
         let (x, conv, residual) = case(batch, c_in, size, c_out, k, stride);
-        let (weight, dims) = (conv.weight(), conv.weight().dims4().unwrap());
-        let codes = Arc::new(Int8Weight::new(
-            &weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            (dims.0, dims.1, dims.2),
-        ));
+        let codes = Arc::new(Int8Weight::of_conv(&conv).unwrap());
         let after_relu = x.relu().unwrap();
         for (residual, relu) in [(None, false), (Some(residual.as_tensor()), true)] {
             let int8 = conv2d_infer(&after_relu, &conv, Some(&codes), residual, relu).unwrap();

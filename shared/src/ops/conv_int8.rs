@@ -13,6 +13,7 @@
 //! pairs of u8 x i8 products in 16 bits (`vpmaddubsw`), which 2 x 255 x 127 overflows and
 //! 2 x 127 x 127 does not, and every machine must compute the same sums.
 
+use candle_nn::Conv2d;
 use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmOptions, PackedBMatrix};
 use rten_tensor::NdTensorView;
 
@@ -65,6 +66,13 @@ impl Int8Weight {
             packed: Int8Gemm::default().prepack_b(transposed),
             scales,
         }
+    }
+
+    /// The codes of a convolution's weight.
+    pub fn of_conv(conv: &Conv2d) -> candle_core::Result<Self> {
+        let (c_out, c_in, k, _) = conv.weight().dims4()?;
+        let weight: Vec<f32> = conv.weight().flatten_all()?.to_vec1()?;
+        Ok(Self::new(&weight, (c_out, c_in, k)))
     }
 
     pub fn c_out(&self) -> usize {
