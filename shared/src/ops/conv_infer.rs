@@ -114,14 +114,14 @@ impl ConvInfer {
         let out_len = g.c_out * positions;
         let mut y = vec![0f32; g.batch * out_len];
         let mut scratch = Vec::new();
-        let (mut codes, mut code_patches, mut sums) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut codes, mut code_patches) = (Vec::new(), Vec::new());
         for (i, (y, image)) in y.chunks_mut(out_len).zip(x.chunks(g.in_len())).enumerate() {
             let residual = residual.map(|r| &r[i * out_len..][..out_len]);
             if let Some(int8) = &self.int8 {
                 if let Some(scale) = quantize_activations(image, g.c_in(), &mut codes) {
                     self.fill_with_bias(y, 0, residual);
                     let patches = g.patch_rows(&codes, &mut code_patches);
-                    accumulate_product(y, int8, patches, scale, &mut sums);
+                    accumulate_product(y, int8, patches, scale);
                     self.apply_relu(y);
                     continue;
                 }

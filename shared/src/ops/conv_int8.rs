@@ -1,7 +1,7 @@
 //! The inference convolution's product in int8: the input quantized per image to 7-bit codes
 //! with one scale, the folded weight to int8 codes with one scale per output channel, their
-//! product summed exactly in i32 by rten-gemm's int8 kernels, and scaled back to f32 onto the
-//! output's bias (and residual).
+//! product summed exactly in i32 (natively by rten-gemm's int8 kernels, in the page by
+//! `int8_rows`), and scaled back to f32 onto the output's bias (and residual).
 //!
 //! The codes are laid out channels-last, (H, W, C), so that each output position's patch is
 //! one contiguous row, the layout the kernel packs fastest (read transposed from channels-first
@@ -14,7 +14,9 @@
 //! 2 x 127 x 127 does not, and every machine must compute the same sums.
 
 use candle_nn::Conv2d;
+#[cfg(not(target_arch = "wasm32"))]
 use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmOptions, PackedBMatrix};
+#[cfg(not(target_arch = "wasm32"))]
 use rten_tensor::NdTensorView;
 
 use crate::quantize::quantize_rows;
@@ -22,12 +24,18 @@ use crate::quantize::quantize_rows;
 /// The largest activation code.
 const ACTIVATION_MAX: f32 = 127.0;
 
+#[cfg(not(target_arch = "wasm32"))]
 type Int8Gemm = GemmExecutor<u8, i8, i32>;
 
-/// A folded convolution weight as int8 codes, prepacked for the kernel once.
+/// A folded convolution weight as int8 codes, laid out for the kernel once.
 pub struct Int8Weight {
-    /// The codes' (patch_len, c_out) transpose, the product's right-hand side.
+    /// The codes' (patch_len, c_out) transpose, the product's right-hand side, prepacked.
+    #[cfg(not(target_arch = "wasm32"))]
     packed: PackedBMatrix<i8>,
+    /// The (c_out, patch_len) codes, as `int8_rows` reads them.
+    #[cfg(target_arch = "wasm32")]
+    rows: Vec<i8>,
+    patch_len: usize,
     /// Per output channel.
     scales: Vec<f32>,
 }
@@ -36,7 +44,7 @@ impl std::fmt::Debug for Int8Weight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Int8Weight")
             .field("c_out", &self.scales.len())
-            .field("patch_len", &self.packed.rows())
+            .field("patch_len", &self.patch_len)
             .finish()
     }
 }
@@ -59,11 +67,20 @@ impl Int8Weight {
             }
         }
         let (codes, scales) = quantize_rows(&channels_last, c_out);
-        let transposed =
-            NdTensorView::from_data_with_strides([patch_len, c_out], &codes[..], [1, patch_len])
-                .expect("the codes hold c_out x patch_len values");
         Self {
-            packed: Int8Gemm::default().prepack_b(transposed),
+            #[cfg(not(target_arch = "wasm32"))]
+            packed: {
+                let transposed = NdTensorView::from_data_with_strides(
+                    [patch_len, c_out],
+                    &codes[..],
+                    [1, patch_len],
+                )
+                .expect("the codes hold c_out x patch_len values");
+                Int8Gemm::default().prepack_b(transposed)
+            },
+            #[cfg(target_arch = "wasm32")]
+            rows: codes,
+            patch_len,
             scales,
         }
     }
@@ -80,7 +97,7 @@ impl Int8Weight {
     }
 
     pub fn patch_len(&self) -> usize {
-        self.packed.rows()
+        self.patch_len
     }
 }
 
@@ -121,26 +138,29 @@ pub fn quantize_activations(image: &[f32], channels: usize, codes: &mut Vec<u8>)
 
 /// `y += scale * (weight @ patches^T)`, `y` (c_out, positions) row-major, `patches` the
 /// (positions, patch_len) row-major codes (`Geometry::patch_rows`) with activation scale
-/// `scale`; `sums` is scratch.
-pub fn accumulate_product(
-    y: &mut [f32],
-    weight: &Int8Weight,
-    patches: &[u8],
-    scale: f32,
-    sums: &mut Vec<i32>,
-) {
+/// `scale`.
+#[cfg(target_arch = "wasm32")]
+pub fn accumulate_product(y: &mut [f32], weight: &Int8Weight, patches: &[u8], scale: f32) {
+    use crate::ops::int8_rows::{accumulate, Simd128};
+    accumulate::<Simd128>(y, &weight.rows, &weight.scales, patches, scale);
+}
+
+/// `y += scale * (weight @ patches^T)`, `y` (c_out, positions) row-major, `patches` the
+/// (positions, patch_len) row-major codes (`Geometry::patch_rows`) with activation scale
+/// `scale`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn accumulate_product(y: &mut [f32], weight: &Int8Weight, patches: &[u8], scale: f32) {
     let (c_out, patch_len) = (weight.c_out(), weight.patch_len());
     let positions = patches.len() / patch_len.max(1);
     assert_eq!(y.len(), c_out * positions);
     let lhs = NdTensorView::from_data_with_strides([positions, patch_len], patches, [patch_len, 1])
         .expect("the patches hold positions x patch_len codes");
-    sums.clear();
-    sums.resize(positions * c_out, 0);
+    let mut sums = vec![0; positions * c_out];
     // The executor is not Send, so the op cannot keep one; making one only picks the kernel
     // this CPU supports (the same each time, which the prepacked layout relies on).
     Int8Gemm::default()
         .gemm(
-            sums,
+            &mut sums,
             GemmInputA::Unpacked(lhs),
             GemmInputB::Packed(&weight.packed),
             GemmOptions::default(),
@@ -205,7 +225,6 @@ mod tests {
             &Int8Weight::new(&weight, (c_out, patch_len, 1)),
             &codes,
             scale,
-            &mut Vec::new(),
         );
         let mut largest_error = 0f32;
         for c in 0..c_out {

@@ -10,6 +10,8 @@ pub mod conv;
 pub mod conv_infer;
 pub mod conv_int8;
 mod cpu_slice;
+#[cfg(any(target_arch = "wasm32", test))]
+mod int8_rows;
 mod matmul;
 pub mod max_pool;
 pub mod residual;
