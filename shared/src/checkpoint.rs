@@ -19,6 +19,8 @@ const HEAD_PREFIX: &str = "fc.";
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     tensors: HashMap<String, Tensor>,
+    /// The file stored int8 convolution kernels (`quantize`).
+    int8_kernels: bool,
 }
 
 /// What `Checkpoint::load_into` did with the head.
@@ -53,12 +55,16 @@ impl Checkpoint {
         let file = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| Error::Checkpoint(format!("not a readable safetensors file ({e})")))?;
         let mut tensors = HashMap::with_capacity(file.len());
+        let mut int8_kernels = false;
         for (name, view) in file.iter() {
             if name.ends_with(BATCHES_TRACKED) || is_scale_of_int8(&file, name) {
                 continue;
             }
             let tensor = match view.dtype() {
-                safetensors::Dtype::I8 => quantize::load_int8(&file, name, device)?,
+                safetensors::Dtype::I8 => {
+                    int8_kernels = true;
+                    quantize::load_int8(&file, name, device)?
+                }
                 _ => view.load(device).map_err(|e| {
                     Error::Checkpoint(format!("tensor `{name}` cannot be read ({e})"))
                 })?,
@@ -71,12 +77,18 @@ impl Checkpoint {
             }
             tensors.insert(name.to_string(), tensor.to_dtype(DType::F32)?);
         }
-        Ok(Self { tensors })
+        Ok(Self {
+            tensors,
+            int8_kernels,
+        })
     }
 
     /// Wraps tensors already in memory (f32, torchvision names).
     pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
-        Self { tensors }
+        Self {
+            tensors,
+            int8_kernels: false,
+        }
     }
 
     pub fn from_file(path: &Path, device: &Device) -> Result<Self> {
@@ -87,6 +99,11 @@ impl Checkpoint {
 
     pub fn tensors(&self) -> &HashMap<String, Tensor> {
         &self.tensors
+    }
+
+    /// Whether the file stored its convolution kernels as int8 (a `trainer quantize` export).
+    pub fn has_int8_kernels(&self) -> bool {
+        self.int8_kernels
     }
 
     /// The class count, read from the head's weight (classes, 2048).

@@ -58,7 +58,9 @@ impl Prediction {
 
 impl Classifier {
     /// Without a card, classes are named by their index and the default (ImageNet) transform is
-    /// used.
+    /// used. A file with int8 kernels computes its products in int8 (`use_int8_products`), one
+    /// with float kernels in f32: the page, `predict` and `evaluate` run a model alike, and a
+    /// card's results are those of the model as the page runs it.
     pub fn new(checkpoint: Checkpoint, card: Option<&ModelCard>, device: &Device) -> Result<Self> {
         let num_classes = checkpoint.num_classes()?;
         let gate = match card.and_then(|c| c.ood_gate.as_ref()) {
@@ -105,8 +107,13 @@ impl Classifier {
             ),
         };
         let operating_points = operating_points_for(&classes, card)?;
+        let int8_kernels = checkpoint.has_int8_kernels();
         let mut model = checkpoint.into_model(device)?;
         model.fold_batch_norms()?;
+        // Other devices run candle's f32 ops whatever the codes (`conv2d_infer`).
+        if int8_kernels && device.is_cpu() {
+            model.use_int8_products()?;
+        }
         Ok(Self {
             model,
             preprocessing,

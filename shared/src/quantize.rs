@@ -1,7 +1,8 @@
 //! int8 weights for a smaller download: every convolution kernel (99% of ResNet50's parameters)
 //! stored as i8 with one f32 scale per output channel (symmetric, scale = max |w| / 127), the
 //! scale beside it as `<name>_scale`, as compressed-tensors names it. Everything else keeps its
-//! dtype. Loading dequantizes to f32 (`Checkpoint::from_bytes`), so the kernels are unchanged.
+//! dtype. Loading dequantizes to f32 (`Checkpoint::from_bytes`), and a classifier built from such
+//! a file computes its convolutions' products in int8 again (`ops::conv_int8`).
 //! In PyTorch: `w = st[name].float() * st[name + "_scale"].view(-1, 1, 1, 1)`.
 
 use std::borrow::Cow;

@@ -157,7 +157,8 @@ fn save_and_load_round_trip_in_f32_and_f16() {
 }
 
 /// int8 files (`trainer quantize`) load through the same `Checkpoint::from_bytes`: convolution
-/// kernels within half a quantization step of their channel's largest weight, the rest exact.
+/// kernels within half a quantization step of their channel's largest weight, the rest exact,
+/// and the checkpoint knows it came from int8 kernels (a classifier then computes in int8).
 #[test]
 fn int8_weights_load_dequantized() {
     let (varmap, _) = varmap_model(3);
@@ -169,6 +170,10 @@ fn int8_weights_load_dequantized() {
         "about a quarter of f32"
     );
     let loaded = Checkpoint::from_bytes(&bytes, &Device::Cpu).unwrap();
+    assert!(loaded.has_int8_kernels());
+    assert!(!Checkpoint::from_bytes(&bytes_of(&original), &Device::Cpu)
+        .unwrap()
+        .has_int8_kernels());
     assert_eq!(
         loaded.tensors().len(),
         267,

@@ -4,8 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use image::{imageops, Rgb, Rgb32FImage};
 use pneumoscope::card::GroupEvaluation;
+use pneumoscope::checkpoint::Checkpoint;
 use pneumoscope::decode::decode_rgb;
 use pneumoscope::Classifier;
 use pneumoscope_tests::{
@@ -307,14 +309,32 @@ fn quantized_weights_keep_the_float_models_accuracy() {
     );
 }
 
-/// Int8 products (`--int8-products`, native only for now) against the f32 products the page
-/// computes, on the Kaggle test split: one borderline image of 66 changed class and no
-/// probability moved by more than 0.08 when measured.
+/// The shipped int8 file computes its products in int8, here and in the page; against the same
+/// weights computed with f32 products, on the Kaggle test split: one borderline image of 66
+/// changed class and no probability moved by more than 0.08 when measured.
 #[test]
 fn int8_products_keep_the_shipped_models_answers() {
-    let (f32_products, _) = shipped();
-    let (mut int8_products, _) = shipped();
-    int8_products.use_int8_products().unwrap();
+    let (int8_products, card) = shipped();
+    assert!(
+        card.weights.dtype.contains("int8"),
+        "{}",
+        card.weights.dtype
+    );
+    let checkpoint = Checkpoint::from_file(
+        &pneumoscope_tests::repo_root()
+            .join("weights")
+            .join(&card.weights.file),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(checkpoint.has_int8_kernels());
+    // The same tensors without the int8 mark: f32 products.
+    let f32_products = Classifier::new(
+        Checkpoint::from_tensors(checkpoint.tensors().clone()),
+        Some(&card),
+        &Device::Cpu,
+    )
+    .unwrap();
     let images = test_radiographs();
     let (mut changed, mut largest_move) = (0, 0f32);
     for image in &images {

@@ -199,7 +199,7 @@ pub fn confusion_text(report: &ClassificationReport) -> String {
 
 pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport> {
     if args.compute.int8_products && args.record.is_some() {
-        bail!("--record keeps the card's results for the model as the page runs it (f32 products); evaluate with --int8-products without it");
+        bail!("--record keeps the card's results for the model as the page runs it (int8 products for an int8 weights file, f32 for a float one); evaluate with --int8-products without it");
     }
     let classifier = args
         .compute

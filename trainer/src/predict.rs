@@ -43,7 +43,8 @@ pub struct PredictArgs {
 #[derive(Debug, Default, Args)]
 pub struct ComputeArgs {
     /// Compute every convolution after the stem with int8 products (7-bit activations, int8
-    /// weights, exact i32 sums) instead of f32: faster natively; the page computes in f32.
+    /// weights, exact i32 sums) even when the weights file stores float kernels (an int8 file,
+    /// the shipped model's, always computes so, here and in the page).
     #[arg(long)]
     pub int8_products: bool,
 }

@@ -48,7 +48,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ModelCard> {
     let weights_path = args.out.join(&card.weights.file);
     write_atomic(&weights_path, &int8)?;
     card.quantization = Some(QuantizationRecord {
-        scheme: "symmetric int8 per output channel (scale = max |w| / 127) for every convolution kernel; batch norms, head and gate as they were; dequantized to f32 on load".into(),
+        scheme: "symmetric int8 per output channel (scale = max |w| / 127) for every convolution kernel; batch norms, head and gate as they were; products computed in int8 (7-bit activations, one scale per image and layer, exact i32 sums)".into(),
         from_sha256: card.weights.sha256.clone(),
         from_dtype: card.weights.dtype.clone(),
         from_accuracy: card
