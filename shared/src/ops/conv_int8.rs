@@ -104,11 +104,15 @@ impl Int8Weight {
 /// A (C, H, W) image's values as (H, W, C) 7-bit codes and their scale, or `None` when one is
 /// negative (or not finite): then the caller computes in f32.
 pub fn quantize_activations(image: &[f32], channels: usize, codes: &mut Vec<u8>) -> Option<f32> {
-    // Branch-free folds, so that both vectorise: this pass reads every activation.
-    let largest = image.iter().fold(0f32, |m, &v| m.max(v));
-    let unusable = image
-        .iter()
-        .fold(0u32, |n, &v| n + u32::from(v < 0.0 || v.is_nan()));
+    // One branch-free fold, comparisons rather than `f32::max`/`min`: wasm has no instruction
+    // for their NaN rule, so each became a call to libm's `fmaxf` (13.7 ns per value in V8, 4.2
+    // without).
+    let (largest, unusable) = image.iter().fold((0f32, 0u32), |(m, n), &v| {
+        (
+            if v > m { v } else { m },
+            n + u32::from(v < 0.0 || v.is_nan()),
+        )
+    });
     if unusable > 0 || !largest.is_finite() {
         return None;
     }
@@ -129,7 +133,13 @@ pub fn quantize_activations(image: &[f32], channels: usize, codes: &mut Vec<u8>)
         let end = (first + BLOCK).min(positions);
         for (c, plane) in image.chunks(positions).enumerate() {
             for (p, &v) in (first..end).zip(&plane[first..end]) {
-                codes[p * channels + c] = (v * inverse + 0.5).min(ACTIVATION_MAX) as u8;
+                let code = v * inverse + 0.5;
+                let code = if code < ACTIVATION_MAX {
+                    code
+                } else {
+                    ACTIVATION_MAX
+                };
+                codes[p * channels + c] = code as u8;
             }
         }
     }
