@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::check_dimensions;
 use crate::error::{Error, Result};
+use crate::float::{larger, smaller};
 
 /// The magic bytes after the (optional) 128-byte preamble.
 const MAGIC: &[u8; 4] = b"DICM";
@@ -393,7 +394,7 @@ fn apply_voi(decoded: &DecodedPixelData, values: &mut [f32]) -> Result<Voi> {
     let (min, max) = values
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
+            (smaller(lo, v), larger(hi, v))
         });
     let range = (max - min).max(f32::MIN_POSITIVE);
     for v in values.iter_mut() {

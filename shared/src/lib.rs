@@ -10,6 +10,7 @@ pub mod classifier;
 pub mod decode;
 pub mod dicom;
 pub mod error;
+pub mod float;
 pub mod init;
 pub mod metrics;
 pub mod model;

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, View};
 
 use crate::error::{Error, Result};
+use crate::float::{larger, round, smaller};
 
 pub const SCALE_SUFFIX: &str = "_scale";
 /// What the card's `weights.dtype` says of a file written here.
@@ -28,11 +29,11 @@ pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
     let mut codes = Vec::with_capacity(values.len());
     let mut scales = Vec::with_capacity(rows);
     for row in values.chunks(per_row.max(1)) {
-        let largest = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let largest = row.iter().fold(0f32, |m, v| larger(m, v.abs()));
         let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
         codes.extend(
             row.iter()
-                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+                .map(|v| smaller(larger(round(v / scale), -127.0), 127.0) as i8),
         );
         scales.push(scale);
     }

@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, ModuleT, Result, Shape,
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
+use crate::float::relu;
 use crate::ops::cpu_slice::{contiguous_f32, cpu_f32};
 use crate::ops::residual::relu_grad;
 
@@ -91,7 +92,7 @@ impl CustomOp3 for FusedBatchNormTrain {
                 *o = v * scale + shift;
             }
             if self.relu {
-                out.iter_mut().for_each(|o| *o = o.max(0.0));
+                out.iter_mut().for_each(|o| *o = relu(*o));
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))

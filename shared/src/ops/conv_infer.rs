@@ -19,6 +19,7 @@ use candle_nn::Conv2d;
 
 use rayon::prelude::*;
 
+use crate::float::relu;
 use crate::ops::conv::{conv2d_grad_input, Geometry};
 use crate::ops::conv_int8::{accumulate_product, quantize_activations, Int8Weight};
 use crate::ops::cpu_slice::contiguous_f32;
@@ -151,7 +152,7 @@ impl ConvInfer {
 
     fn apply_relu(&self, y: &mut [f32]) {
         if self.relu {
-            y.iter_mut().for_each(|v| *v = v.max(0.0));
+            y.iter_mut().for_each(|v| *v = relu(*v));
         }
     }
 

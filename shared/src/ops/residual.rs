@@ -7,6 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::float::relu;
 use crate::ops::cpu_slice::contiguous_f32;
 
 /// Values per parallel task: large enough that scheduling costs nothing next to the work.
@@ -49,7 +50,7 @@ impl CustomOp2 for AddRelu {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let y = map_pairs(a, b, |a, b| (a + b).max(0.0));
+        let y = map_pairs(a, b, |a, b| relu(a + b));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
