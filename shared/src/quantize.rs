@@ -26,15 +26,19 @@ pub fn is_quantized(name: &str, dims: &[usize]) -> bool {
 /// Symmetric int8 codes and one scale per row (output channel) of a row-major `values`.
 pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
     let per_row = values.len() / rows.max(1);
-    let mut codes = Vec::with_capacity(values.len());
+    let mut codes = vec![0i8; values.len()];
     let mut scales = Vec::with_capacity(rows);
-    for row in values.chunks(per_row.max(1)) {
+    // Into a slice rather than `extend`, which V8 ran 3x slower (the page requantizes every
+    // folded kernel while it loads: 23.5M values).
+    for (row, out) in values
+        .chunks(per_row.max(1))
+        .zip(codes.chunks_mut(per_row.max(1)))
+    {
         let largest = row.iter().fold(0f32, |m, v| larger(m, v.abs()));
         let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
-        codes.extend(
-            row.iter()
-                .map(|v| smaller(larger(round(v / scale), -127.0), 127.0) as i8),
-        );
+        for (code, v) in out.iter_mut().zip(row) {
+            *code = smaller(larger(round(v / scale), -127.0), 127.0) as i8;
+        }
         scales.push(scale);
     }
     (codes, scales)

@@ -55,19 +55,23 @@ impl Int8Weight {
     pub fn new(weight: &[f32], (c_out, c_in, k): (usize, usize, usize)) -> Self {
         let patch_len = c_in * k * k;
         assert_eq!(weight.len(), c_out * patch_len);
-        // (c, ky, kx) -> (ky, kx, c) within each output channel's row.
-        let mut channels_last = vec![0f32; weight.len()];
-        for (row, out) in weight
-            .chunks(patch_len)
-            .zip(channels_last.chunks_mut(patch_len))
-        {
-            for c in 0..c_in {
-                for window in 0..k * k {
-                    out[window * c_in + c] = row[c * k * k + window];
+        // (c, ky, kx) -> (ky, kx, c) within each output channel's row (the same for 1x1).
+        let (codes, scales) = if k == 1 {
+            quantize_rows(weight, c_out)
+        } else {
+            let mut channels_last = vec![0f32; weight.len()];
+            for (row, out) in weight
+                .chunks(patch_len)
+                .zip(channels_last.chunks_mut(patch_len))
+            {
+                for c in 0..c_in {
+                    for window in 0..k * k {
+                        out[window * c_in + c] = row[c * k * k + window];
+                    }
                 }
             }
-        }
-        let (codes, scales) = quantize_rows(&channels_last, c_out);
+            quantize_rows(&channels_last, c_out)
+        };
         Self {
             #[cfg(not(target_arch = "wasm32"))]
             packed: {
