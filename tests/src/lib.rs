@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use pneumoscope::checkpoint::named_vars;
-use pneumoscope::{Classifier, ModelCard, ResNet50};
+use pneumoscope::{Checkpoint, Classifier, ModelCard, ResNet50};
 use trainer::predict::load_classifier;
 
 /// `../shared/data` beside the repository (read-only, present for developers and CI).
@@ -48,6 +48,26 @@ pub fn shipped_model() -> (Classifier, ModelCard) {
     )
     .unwrap_or_else(|e| panic!("the shipped model: {e:#}"));
     (classifier, card)
+}
+
+/// The shipped model computing its products in f32, as the same weights stored as floats
+/// would: its int8 file's kernels dequantized without the int8 mark (`Checkpoint::
+/// has_int8_kernels`). The smoother instrument where a test compares near-identical inputs:
+/// int8 products move in steps of an activation code.
+pub fn shipped_model_f32_products() -> Classifier {
+    let (_, card) = shipped_model();
+    let checkpoint = Checkpoint::from_file(
+        &repo_root().join("weights").join(&card.weights.file),
+        &Device::Cpu,
+    )
+    .expect("the shipped weights");
+    assert!(checkpoint.has_int8_kernels(), "the shipped file is int8");
+    Classifier::new(
+        Checkpoint::from_tensors(checkpoint.tensors().clone()),
+        Some(&card),
+        &Device::Cpu,
+    )
+    .expect("the shipped model with f32 products")
 }
 
 /// A fresh training model on a var map (values are whatever the var map starts with).

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use image::Rgb32FImage;
 use pneumoscope::decode::{decode, decode_rgb};
 use pneumoscope::dicom::{is_dicom, DicomInfo, Voi};
-use pneumoscope_tests::{fixture_dir, shipped_model, sorted_files};
+use pneumoscope_tests::{fixture_dir, shipped_model, shipped_model_f32_products, sorted_files};
 
 fn dicom_dir() -> PathBuf {
     fixture_dir().join("dicom")
@@ -174,8 +174,10 @@ fn broken_files_get_a_clear_error() {
     }
 }
 
-/// The shipped model reads every DICOM encoding as it reads the PNG: same top class, MONOCHROME1
-/// and MONOCHROME2 within 1e-3, and the gate accepts them.
+/// The shipped model reads every DICOM encoding as it reads the PNG: same top class, and the gate
+/// accepts them. MONOCHROME1 and MONOCHROME2 (one 12-bit step apart, see above) within 1e-3 with
+/// f32 products; with the int8 products the shipped model computes, within 0.05 (0.025 measured:
+/// a step in the input flips activation codes that sit on a rounding boundary).
 #[test]
 fn the_shipped_model_reads_dicom_as_it_reads_the_png() {
     let (classifier, _) = shipped_model();
@@ -186,10 +188,13 @@ fn the_shipped_model_reads_dicom_as_it_reads_the_png() {
         assert_eq!(prediction.top, reference.top, "{name}");
         assert_eq!(prediction.in_distribution, Some(true), "{name}");
     }
-    let mono1 = classifier.classify_bytes(&read("mono1-12bit.dcm")).unwrap();
-    let mono2 = classifier.classify_bytes(&read("mono2-12bit.dcm")).unwrap();
-    for (p, q) in mono1.probabilities.iter().zip(&mono2.probabilities) {
-        assert!((p - q).abs() <= 1e-3, "{p} vs {q}");
+    for (classifier, tolerance) in [(classifier, 0.05), (shipped_model_f32_products(), 1e-3)] {
+        let mono1 = classifier.classify_bytes(&read("mono1-12bit.dcm")).unwrap();
+        let mono2 = classifier.classify_bytes(&read("mono2-12bit.dcm")).unwrap();
+        assert_eq!(mono1.top, mono2.top);
+        for (p, q) in mono1.probabilities.iter().zip(&mono2.probabilities) {
+            assert!((p - q).abs() <= tolerance, "{p} vs {q}");
+        }
     }
 }
 

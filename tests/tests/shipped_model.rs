@@ -11,7 +11,8 @@ use pneumoscope::checkpoint::Checkpoint;
 use pneumoscope::decode::decode_rgb;
 use pneumoscope::Classifier;
 use pneumoscope_tests::{
-    colour_pattern, fixture_dir, shared_data_dir, shipped_model as shipped, sorted_files,
+    colour_pattern, fixture_dir, shared_data_dir, shipped_model as shipped,
+    shipped_model_f32_products, sorted_files,
 };
 use trainer::data::ImageFolder;
 use trainer::evaluate::{at_operating_points, evaluate_folder};
@@ -314,27 +315,8 @@ fn quantized_weights_keep_the_float_models_accuracy() {
 /// changed class and no probability moved by more than 0.08 when measured.
 #[test]
 fn int8_products_keep_the_shipped_models_answers() {
-    let (int8_products, card) = shipped();
-    assert!(
-        card.weights.dtype.contains("int8"),
-        "{}",
-        card.weights.dtype
-    );
-    let checkpoint = Checkpoint::from_file(
-        &pneumoscope_tests::repo_root()
-            .join("weights")
-            .join(&card.weights.file),
-        &Device::Cpu,
-    )
-    .unwrap();
-    assert!(checkpoint.has_int8_kernels());
-    // The same tensors without the int8 mark: f32 products.
-    let f32_products = Classifier::new(
-        Checkpoint::from_tensors(checkpoint.tensors().clone()),
-        Some(&card),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (int8_products, _) = shipped();
+    let f32_products = shipped_model_f32_products();
     let images = test_radiographs();
     let (mut changed, mut largest_move) = (0, 0f32);
     for image in &images {
