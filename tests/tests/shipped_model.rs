@@ -4,10 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use image::{imageops, Rgb, Rgb32FImage};
 use pneumoscope::card::GroupEvaluation;
-use pneumoscope::checkpoint::Checkpoint;
 use pneumoscope::decode::decode_rgb;
 use pneumoscope::Classifier;
 use pneumoscope_tests::{
