@@ -25,6 +25,7 @@ use crate::ops::conv_int8::{accumulate_product, quantize_activations, Int8Weight
 use crate::ops::cpu_slice::contiguous_f32;
 use crate::ops::matmul::{matmul, Matrix};
 use crate::ops::residual::relu_backward;
+use crate::ops::threads;
 
 /// relu?(conv(x) + bias + residual?) for a convolution with a bias (a folded batch norm);
 /// the product in int8 when `int8` holds the weight's codes and the input has no negative value.
@@ -88,16 +89,6 @@ struct ConvInfer {
     bias: Vec<f32>,
     relu: bool,
     int8: Option<Arc<Int8Weight>>,
-}
-
-/// Threads for one image's product: candle's count natively (RAYON_NUM_THREADS), one in the
-/// page's worker.
-fn threads() -> usize {
-    if cfg!(target_arch = "wasm32") {
-        1
-    } else {
-        candle_core::utils::get_num_threads()
-    }
 }
 
 impl ConvInfer {

@@ -4,6 +4,7 @@
 //! helpers they share. Other devices run candle's own tensor ops instead.
 
 use candle_core::{Result, Tensor};
+use rayon::prelude::*;
 
 pub mod batch_norm;
 pub mod conv;
@@ -15,6 +16,36 @@ mod int8_rows;
 mod matmul;
 pub mod max_pool;
 pub mod residual;
+
+/// Threads for one image's work: candle's count natively (RAYON_NUM_THREADS), one in the
+/// page's worker.
+pub(crate) fn threads() -> usize {
+    if cfg!(target_arch = "wasm32") {
+        1
+    } else {
+        candle_core::utils::get_num_threads()
+    }
+}
+
+/// `f(index, chunk)` for each of `data`'s chunks of `size`: spread over rayon's threads when
+/// there are several, in a plain loop when there is one (rayon's machinery around the int8
+/// path's quantizer and scaling cost a single thread about 30% of the forward pass).
+pub(crate) fn for_each_chunk_mut<T: Send>(
+    data: &mut [T],
+    size: usize,
+    f: impl Fn(usize, &mut [T]) + Send + Sync,
+) {
+    let size = size.max(1);
+    if threads() > 1 {
+        data.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, chunk)| f(i, chunk));
+    } else {
+        data.chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, chunk)| f(i, chunk));
+    }
+}
 
 /// Rows `offset, offset + stride, ...` (`count` of them) of dim 2 and the same columns of dim 3,
 /// `x` being padded far enough that `offset + stride * count` fits.
