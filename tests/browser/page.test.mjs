@@ -120,12 +120,20 @@ test("the page classifies radiographs exactly like trainer predict, bad files fa
   });
   assert.ok(flagged.length > 0, "no image was flagged: the warning path went untested");
   console.log(`flagged by the gate: ${flagged.map((p) => basename(p)).join(", ")}`);
-  // The batch ran on every worker of the pool, and every result says which.
+  // The pool grew while the batch waited (the first worker may finish a short batch alone); a
+  // second batch then runs on every worker, each result says which, and each worker's model
+  // gives the first batch's answers.
   await workersReady(page, workers);
-  const used = new Set(items.filter((i) => i.status === "done").map((i) => i.worker));
+  assert.ok(items.every((i) => i.status !== "done" || i.worker !== null), "a result names no worker");
+  await page.getByTestId("file-input").setInputFiles(IMAGES);
+  const again = (await finishedItems(page, files.length + IMAGES.length)).slice(files.length);
+  const used = new Set(again.map((i) => i.worker));
   assert.ok(!used.has(null), "a classified image names no worker");
   assert.equal(used.size, Math.min(workers, IMAGES.length), `workers used: ${[...used]}`);
-  console.log(`workers in the pool: ${workers}, used by the batch: ${used.size}`);
+  for (const [index, item] of again.entries()) {
+    assert.deepEqual(item.probabilities, items[index].probabilities, `${item.name}: worker ${item.worker}`);
+  }
+  console.log(`workers in the pool: ${workers}, used by the second batch: ${used.size}`);
   for (const [offset, name] of Object.keys(bad).entries()) {
     const item = items[IMAGES.length + offset];
     assert.equal(item.name, name);
