@@ -106,6 +106,15 @@ impl Checkpoint {
         self.int8_kernels
     }
 
+    /// The same (dequantized) tensors taken as a float file's: a classifier built from them
+    /// computes its products in f32.
+    pub fn as_float(self) -> Self {
+        Self {
+            int8_kernels: false,
+            ..self
+        }
+    }
+
     /// The class count, read from the head's weight (classes, 2048).
     pub fn num_classes(&self) -> Result<usize> {
         let name = "fc.weight";

@@ -36,13 +36,9 @@ pub fn repo_root() -> PathBuf {
 /// The model in `weights/` (the one the page ships) and its card, loaded as the page and
 /// `trainer predict` load it: the weights' SHA-256 checked against the card.
 pub fn shipped_model() -> (Classifier, ModelCard) {
-    let dir = repo_root().join("weights");
-    let card_path = dir.join("model.json");
-    let text = std::fs::read_to_string(&card_path)
-        .unwrap_or_else(|e| panic!("the shipped card {}: {e}", card_path.display()));
-    let card = ModelCard::from_json(&text).expect("a valid card");
+    let (card_path, card) = shipped_card();
     let classifier = load_classifier(
-        &dir.join(&card.weights.file),
+        &repo_root().join("weights").join(&card.weights.file),
         Some(&card_path),
         &Device::Cpu,
     )
@@ -50,24 +46,29 @@ pub fn shipped_model() -> (Classifier, ModelCard) {
     (classifier, card)
 }
 
+/// `weights/model.json` and what it says.
+fn shipped_card() -> (PathBuf, ModelCard) {
+    let card_path = repo_root().join("weights").join("model.json");
+    let text = std::fs::read_to_string(&card_path)
+        .unwrap_or_else(|e| panic!("the shipped card {}: {e}", card_path.display()));
+    let card = ModelCard::from_json(&text).expect("a valid card");
+    (card_path, card)
+}
+
 /// The shipped model computing its products in f32, as the same weights stored as floats
 /// would: its int8 file's kernels dequantized without the int8 mark (`Checkpoint::
 /// has_int8_kernels`). The smoother instrument where a test compares near-identical inputs:
 /// int8 products move in steps of an activation code.
 pub fn shipped_model_f32_products() -> Classifier {
-    let (_, card) = shipped_model();
+    let (_, card) = shipped_card();
     let checkpoint = Checkpoint::from_file(
         &repo_root().join("weights").join(&card.weights.file),
         &Device::Cpu,
     )
     .expect("the shipped weights");
     assert!(checkpoint.has_int8_kernels(), "the shipped file is int8");
-    Classifier::new(
-        Checkpoint::from_tensors(checkpoint.tensors().clone()),
-        Some(&card),
-        &Device::Cpu,
-    )
-    .expect("the shipped model with f32 products")
+    Classifier::new(checkpoint.as_float(), Some(&card), &Device::Cpu)
+        .expect("the shipped model with f32 products")
 }
 
 /// A fresh training model on a var map (values are whatever the var map starts with).

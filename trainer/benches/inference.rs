@@ -47,13 +47,15 @@ fn classifier(card: &ModelCard, crop: u32, int8: bool) -> Classifier {
     card.preprocessing.crop = crop;
     let weights = common::root().join("weights/model.safetensors");
     let checkpoint = Checkpoint::from_file(&weights, &Device::Cpu).unwrap();
-    // Its tensors without the int8 mark compute in f32.
-    let checkpoint = match int8 {
-        true => checkpoint,
-        false => Checkpoint::from_tensors(checkpoint.tensors().clone()),
+    // An int8 file computes in int8 already; a float file only when asked.
+    let float_file = !checkpoint.has_int8_kernels();
+    let checkpoint = if int8 {
+        checkpoint
+    } else {
+        checkpoint.as_float()
     };
     let mut classifier = Classifier::new(checkpoint, Some(&card), &Device::Cpu).unwrap();
-    if int8 {
+    if int8 && float_file {
         classifier.use_int8_products().unwrap();
     }
     classifier

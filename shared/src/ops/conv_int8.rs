@@ -163,17 +163,23 @@ pub fn quantize_activations(image: &[f32], channels: usize, codes: &mut Vec<u8>)
 /// `y += scale * (weight @ patches^T)`, `y` (c_out, positions) row-major, `patches` the
 /// (positions, patch_len) row-major codes (`Geometry::patch_rows`) with activation scale
 /// `scale`.
-#[cfg(target_arch = "wasm32")]
 pub fn accumulate_product(y: &mut [f32], weight: &Int8Weight, patches: &[u8], scale: f32) {
-    use crate::ops::int8_rows::{accumulate, Simd128};
-    accumulate::<Simd128>(y, &weight.rows, &weight.scales, patches, scale);
+    #[cfg(target_arch = "wasm32")]
+    crate::ops::int8_rows::accumulate::<crate::ops::int8_rows::Simd128>(
+        y,
+        &weight.rows,
+        &weight.scales,
+        patches,
+        scale,
+    );
+    #[cfg(not(target_arch = "wasm32"))]
+    accumulate_with_rten(y, weight, patches, scale);
 }
 
-/// `y += scale * (weight @ patches^T)`, `y` (c_out, positions) row-major, `patches` the
-/// (positions, patch_len) row-major codes (`Geometry::patch_rows`) with activation scale
-/// `scale`.
+/// `accumulate_product` natively: rten-gemm's int8 kernels, then the (positions, c_out) sums
+/// scaled onto the (c_out, positions) output.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn accumulate_product(y: &mut [f32], weight: &Int8Weight, patches: &[u8], scale: f32) {
+fn accumulate_with_rten(y: &mut [f32], weight: &Int8Weight, patches: &[u8], scale: f32) {
     let (c_out, patch_len) = (weight.c_out(), weight.patch_len());
     let positions = patches.len() / patch_len.max(1);
     assert_eq!(y.len(), c_out * positions);
@@ -197,12 +203,13 @@ pub fn accumulate_product(y: &mut [f32], weight: &Int8Weight, patches: &[u8], sc
     const BLOCK: usize = 16;
     let band = c_out.div_ceil(crate::ops::threads()).max(1);
     for_each_chunk_mut(y, band * positions, |b, y| {
-        let scales = &weight.scales[b * band..][..y.len() / positions];
+        let first_channel = b * band;
+        let scales = &weight.scales[first_channel..][..y.len() / positions];
         for first in (0..positions).step_by(BLOCK) {
             let block = first..(first + BLOCK).min(positions);
-            for (c, &weight_scale) in (b * band..).zip(scales) {
-                let factor = scale * weight_scale;
-                let row = &mut y[(c - b * band) * positions..][block.clone()];
+            for (i, &weight_scale) in scales.iter().enumerate() {
+                let (c, factor) = (first_channel + i, scale * weight_scale);
+                let row = &mut y[i * positions..][block.clone()];
                 for (value, p) in row.iter_mut().zip(block.clone()) {
                     *value += factor * sums[p * c_out + c] as f32;
                 }
