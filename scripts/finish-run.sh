@@ -4,7 +4,8 @@
 #   2. evaluate the float model on the sets the card records (Kaggle 66 and 57, multi-source
 #      test per source), so the int8 model can be compared with it;
 #   3. quantize to int8 (per-channel scales) and evaluate again, recording into its card;
-#   4. check the gate on unlike images (scripts/make_ood_set.py) and the CT slices.
+#   4. check the gate on unlike images (scripts/make_ood_set.py) and the CT slices;
+#   5. measure how much the answers depend on framing (evaluate --zoom 0.8 and 1.25).
 #
 #   scripts/finish-run.sh RUN_DIR OUT_DIR [DATA_ROOT]
 #
@@ -69,3 +70,11 @@ fi
 $t check-gate --device "$device" --weights "$out/model.safetensors" --card "$out/model.json" \
   --data "$ood" --record | tee "$out/gate-check.txt"
 [ -n "${OOD_DIR:-}" ] || rm -rf "$ood"
+
+# 5. How much the answers depend on framing: the multi-source test with every radiograph shown
+#    smaller in a black margin (0.8) and its centre enlarged (1.25), per source (not recorded).
+for zoom in 0.8 1.25; do
+  $t evaluate --device "$device" --weights "$out/model.safetensors" --card "$out/model.json" \
+    --data "$cxr/test" --zoom "$zoom" > "$out/framing-$zoom.txt"
+  grep -E "^ *accuracy" "$out/framing-$zoom.txt" | head -1 | sed "s|^|zoom $zoom: |"
+done

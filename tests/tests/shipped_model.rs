@@ -197,7 +197,7 @@ fn card_results_are_reproduced() {
         let root = shared_data_dir().join(relative);
         let mut folder = ImageFolder::scan_classes(&root, Some(classifier.classes())).unwrap();
         folder.exclude(&recorded.excluded.join("\n")).unwrap();
-        let now = evaluate_folder(&classifier, &folder);
+        let now = evaluate_folder(&classifier, &folder, 1.0);
         assert!(now.failed.is_empty(), "{:?}", now.failed);
         assert_eq!(
             now.report.confusion, recorded.report.confusion,

@@ -40,6 +40,11 @@ pub struct EvaluateArgs {
     /// Record the evaluation in the card under this name (replacing one of the same name).
     #[arg(long, requires = "card")]
     pub record: Option<String>,
+    /// Classify every radiograph reframed: shown at this size in the same frame (0.8: shrunk
+    /// into a black margin, as a wider field; 1.25: its centre enlarged, as a tighter
+    /// collimation). Measures how much the answers depend on framing; 1 leaves images as they are.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_zoom)]
+    pub zoom: f32,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -119,15 +124,27 @@ pub fn groups_text(groups: &[GroupEvaluation]) -> String {
     text
 }
 
-/// Classifies every sample of `folder`; unreadable files are reported and left out.
-pub fn evaluate_folder(classifier: &Classifier, folder: &ImageFolder) -> FolderEvaluation {
+fn parse_zoom(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(zoom) if (0.25..=4.0).contains(&zoom) => Ok(zoom),
+        _ => Err(format!("{text:?}: a zoom between 0.25 and 4")),
+    }
+}
+
+/// Classifies every sample of `folder` (each reframed at `zoom`, see `framing::reframe`);
+/// unreadable files are reported and left out.
+pub fn evaluate_folder(
+    classifier: &Classifier,
+    folder: &ImageFolder,
+    zoom: f32,
+) -> FolderEvaluation {
     let mut pairs = Vec::new();
     let mut classified = Vec::new();
     let mut logits = Vec::new();
     let mut flagged = 0usize;
     let mut failed = Vec::new();
     for sample in &folder.samples {
-        match classify_file(classifier, &sample.path) {
+        match classify_file(classifier, &sample.path, zoom) {
             Ok(prediction) => {
                 pairs.push((sample.label, prediction.top));
                 classified.push((sample, prediction.top));
@@ -219,7 +236,10 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
         }
         None => Vec::new(),
     };
-    let evaluation = evaluate_folder(&classifier, &folder);
+    if args.zoom != 1.0 && args.record.is_some() {
+        bail!("--record keeps the card's results on the images as they are; evaluate with --zoom without it");
+    }
+    let evaluation = evaluate_folder(&classifier, &folder, args.zoom);
     let (report, failed) = (&evaluation.report, &evaluation.failed);
     let operating = at_operating_points(&classifier, &evaluation);
     let operating_text: String = operating
@@ -230,10 +250,15 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} images ({} excluded, {} unreadable)\n",
+            "{} images ({} excluded, {} unreadable){}\n",
             folder.samples.len() - failed.len(),
             excluded.len(),
-            failed.len()
+            failed.len(),
+            if args.zoom == 1.0 {
+                String::new()
+            } else {
+                format!(", each reframed at zoom {}", args.zoom)
+            }
         );
         println!("{}", report.to_text());
         println!("{}", confusion_text(report));

@@ -70,7 +70,7 @@ fn check_kind(
 ) -> Result<GateRejection> {
     let (mut flagged, mut total) = (0, 0);
     for file in sorted_entries(dir, Path::is_file)? {
-        match classify_file(classifier, &file) {
+        match classify_file(classifier, &file, 1.0) {
             Ok(prediction) => {
                 total += 1;
                 flagged += usize::from(prediction.in_distribution == Some(false));

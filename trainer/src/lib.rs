@@ -23,6 +23,7 @@ pub mod calibrate;
 pub mod data;
 pub mod device;
 pub mod evaluate;
+pub mod framing;
 pub mod gate;
 pub mod gate_check;
 pub mod optim;

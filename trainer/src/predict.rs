@@ -16,6 +16,8 @@ use pneumoscope::stage_times::Stopwatch;
 use pneumoscope::{Checkpoint, Classifier, ModelCard, Prediction};
 use serde::Serialize;
 
+use crate::framing::reframe;
+
 #[derive(Debug, Args)]
 pub struct PredictArgs {
     /// Weights (safetensors, torchvision names).
@@ -124,12 +126,20 @@ pub fn load_classifier(weights: &Path, card: Option<&Path>, device: &Device) -> 
     Ok(Classifier::new(checkpoint, card.as_ref(), device)?)
 }
 
-/// Reads and classifies one file; a read or decode failure is the error's message.
-pub fn classify_file(classifier: &Classifier, path: &Path) -> Result<Prediction, String> {
+/// Reads and classifies one file, reframed at `zoom` (1: as it is, see `framing::reframe`); a
+/// read or decode failure is the error's message.
+pub fn classify_file(
+    classifier: &Classifier,
+    path: &Path,
+    zoom: f32,
+) -> Result<Prediction, String> {
     let decoded = read_decoded(path)?;
-    classifier
-        .classify_image(&decoded.image)
-        .map_err(|e| e.to_string())
+    let image = if zoom == 1.0 {
+        decoded.image
+    } else {
+        reframe(&decoded.image, zoom)
+    };
+    classifier.classify_image(&image).map_err(|e| e.to_string())
 }
 
 fn read_decoded(path: &Path) -> Result<Decoded, String> {

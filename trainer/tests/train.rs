@@ -459,7 +459,7 @@ fn evaluation_reports_each_source() {
     )
     .unwrap();
     let folder = ImageFolder::scan(&test).unwrap();
-    let evaluation = evaluate_folder(&classifier, &folder);
+    let evaluation = evaluate_folder(&classifier, &folder, 1.0);
     let parts: Vec<(&str, &str, usize)> = evaluation
         .groups
         .iter()
