@@ -13,7 +13,7 @@ use crate::card::ModelCard;
 use crate::checkpoint::Checkpoint;
 use crate::decode::decode_rgb;
 use crate::error::{Error, Result};
-use crate::model::{channel_stats, ResNet50};
+use crate::model::{channel_stats, ResNet50, ResNetOutput};
 use crate::preprocess::Preprocessing;
 use crate::stage_times::Stopwatch;
 
@@ -33,6 +33,18 @@ pub struct Prediction {
     pub in_distribution: Option<bool>,
     /// Per class, the verdict at the card's operating point (`None`: the card has none).
     pub positive: Vec<Option<bool>>,
+}
+
+/// One classified image's `layer2` output (512, H/8, W/8): what its fine heat maps start from,
+/// so that asking for one does not run the stem, layer1 and layer2 again.
+#[derive(Debug, Clone)]
+pub struct Layer2Map(Tensor);
+
+impl Layer2Map {
+    /// The memory it holds.
+    pub fn bytes(&self) -> usize {
+        self.0.elem_count() * self.0.dtype().size_in_bytes()
+    }
 }
 
 pub struct Classifier {
@@ -171,7 +183,7 @@ impl Classifier {
     ) -> Result<Prediction> {
         let input = self.input_tensor(image)?;
         watch.lap("preprocess");
-        self.classify_input_timed(&input, watch)
+        Ok(self.classify_input_timed(&input, watch)?.0)
     }
 
     /// The network's input for `image`: (1, 3, crop, crop), preprocessed as the card says.
@@ -184,22 +196,25 @@ impl Classifier {
         )?)
     }
 
-    /// Classifies one image's `input_tensor`.
+    /// Classifies one image's `input_tensor`; its `layer2` output comes along for its fine
+    /// heat maps.
     pub fn classify_input_timed(
         &self,
         input: &Tensor,
         watch: &mut Stopwatch,
-    ) -> Result<Prediction> {
-        let mut predictions = self.classify_batch_timed(input, watch)?;
-        Ok(predictions.remove(0))
+    ) -> Result<(Prediction, Layer2Map)> {
+        let output = self.model.forward_timed(input, false, watch)?;
+        let layer2 = Layer2Map(output.layer2_map.get(0)?);
+        let mut predictions = self.predictions(output, watch)?;
+        Ok((predictions.remove(0), layer2))
     }
 
-    /// The fine heat map of `class` for one image's `input_tensor` (LayerCAM on layer2): a
-    /// second pass with a backward one, so the page asks for it apart from the classification.
-    pub fn fine_map(&self, input: &Tensor, class: usize) -> Result<HeatMap> {
-        let layer2 = self.model.forward_layer2(input)?.get(0)?;
-        let gradient = self.model.layer2_gradient(&layer2, class)?;
-        HeatMap::fine(class, &layer_cam(&layer2, &gradient)?)
+    /// The fine heat map of `class` for one classified image (LayerCAM on layer2): layer3,
+    /// layer4 and the head again with a backward pass, so the page asks for it apart from the
+    /// classification.
+    pub fn fine_map(&self, layer2: &Layer2Map, class: usize) -> Result<HeatMap> {
+        let gradient = self.model.layer2_gradient(&layer2.0, class)?;
+        HeatMap::fine(class, &layer_cam(&layer2.0, &gradient)?)
     }
 
     /// Classifies a normalised batch (N, 3, H, W).
@@ -214,9 +229,14 @@ impl Classifier {
         watch: &mut Stopwatch,
     ) -> Result<Vec<Prediction>> {
         let output = self.model.forward_timed(batch, false, watch)?;
+        self.predictions(output, watch)
+    }
+
+    /// Each image's prediction from the network's output, charging "maps" and "gate".
+    fn predictions(&self, output: ResNetOutput, watch: &mut Stopwatch) -> Result<Vec<Prediction>> {
         let layer2_stats = channel_stats(&output.layer2_map)?; // (N, 1024)
         watch.lap("gate");
-        let n = batch.dim(0)?;
+        let n = output.logits.dim(0)?;
         (0..n)
             .map(|i| {
                 let logits: Vec<f32> = output.logits.get(i)?.to_vec1()?;

@@ -26,7 +26,7 @@ mod test_util;
 
 pub use card::ModelCard;
 pub use checkpoint::Checkpoint;
-pub use classifier::{Classifier, Prediction};
+pub use classifier::{Classifier, Layer2Map, Prediction};
 pub use error::{Error, Result};
 pub use model::{ResNet50, ResNetOutput};
 pub use preprocess::Preprocessing;

@@ -291,17 +291,6 @@ impl ResNet50 {
         self.fc.weight()
     }
 
-    /// The eval-mode forward pass as far as `layer2`'s output, the input of `layer_cam`.
-    /// (N, 3, H, W) -> (N, 512, H/8, W/8)
-    pub fn forward_layer2(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.stem.forward_t(x, false, true)?;
-        let mut x = stem_max_pool(&x, false)?;
-        for block in self.stages[..2].iter().flatten() {
-            x = block.forward_t(&x, false)?;
-        }
-        Ok(x)
-    }
-
     /// The gradient of `class`'s score (logit) with respect to `layer2`'s output, for the
     /// attribution maps on that layer (`cam::layer_cam`, `cam::grad_cam`). Runs layer3, layer4
     /// and the head again in eval mode with autograd (the fused inference ops pass the gradient

@@ -219,11 +219,11 @@ fn read_and_classify(classifier: &Classifier, path: &Path) -> Result<Classified,
     let input = classifier
         .input_tensor(&decoded.image)
         .map_err(|e| e.to_string())?;
-    let prediction = classifier
+    let (prediction, layer2) = classifier
         .classify_input_timed(&input, &mut Stopwatch::off())
         .map_err(|e| e.to_string())?;
     let fine_map = classifier
-        .fine_map(&input, prediction.top)
+        .fine_map(&layer2, prediction.top)
         .map_err(|e| e.to_string())?;
     Ok(Classified {
         prediction,

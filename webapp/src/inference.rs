@@ -6,12 +6,12 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use base64::prelude::*;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use js_sys::{Array, Promise, Reflect, Uint8Array};
 use pneumoscope::classifier::classifier_from_bytes;
 use pneumoscope::decode::{decode, preview_png};
 use pneumoscope::stage_times::{StageTimes, Stopwatch};
-use pneumoscope::{Classifier, ModelCard};
+use pneumoscope::{Classifier, Layer2Map, ModelCard};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent, Response};
@@ -28,49 +28,46 @@ enum State {
 
 type Shared = Rc<RefCell<State>>;
 
-/// How much memory the kept network inputs may hold, whatever the model's input size: at
-/// 176x176 an input is 372 KB, so about 180 images keep theirs for a later fine heat map.
-const KEPT_INPUT_BYTES: usize = 64 << 20;
+/// How much memory the kept `layer2` maps may hold, whatever the model's input size: at 176x176
+/// a map is 991 KB, so the last 67 images this worker classified keep theirs for a later fine
+/// heat map (a batch of 100 on two workers keeps all of them).
+const KEPT_MAP_BYTES: usize = 64 << 20;
 
 thread_local! {
-    /// The network inputs of the last images classified here, oldest first, at most
-    /// `KEPT_INPUT_BYTES` together.
-    static INPUTS: RefCell<VecDeque<(u32, Tensor)>> = const { RefCell::new(VecDeque::new()) };
+    /// The `layer2` maps of the last images classified here, oldest first, at most
+    /// `KEPT_MAP_BYTES` together: a fine heat map starts from one without running the stem,
+    /// layer1 and layer2 again.
+    static MAPS: RefCell<VecDeque<(u32, Layer2Map)>> = const { RefCell::new(VecDeque::new()) };
 }
 
-fn tensor_bytes(tensor: &Tensor) -> usize {
-    tensor.elem_count() * tensor.dtype().size_in_bytes()
-}
-
-fn keep_input(id: u32, input: Tensor) {
-    INPUTS.with_borrow_mut(|inputs| {
-        inputs.push_back((id, input));
-        let mut held: usize = inputs.iter().map(|(_, kept)| tensor_bytes(kept)).sum();
-        while held > KEPT_INPUT_BYTES && inputs.len() > 1 {
-            if let Some((_, oldest)) = inputs.pop_front() {
-                held -= tensor_bytes(&oldest);
+fn keep_map(id: u32, map: Layer2Map) {
+    MAPS.with_borrow_mut(|maps| {
+        maps.push_back((id, map));
+        let mut held: usize = maps.iter().map(|(_, kept)| kept.bytes()).sum();
+        while held > KEPT_MAP_BYTES && maps.len() > 1 {
+            if let Some((_, oldest)) = maps.pop_front() {
+                held -= oldest.bytes();
             }
         }
     });
 }
 
-fn kept_input(id: u32) -> Option<Tensor> {
-    INPUTS.with_borrow(|inputs| {
-        inputs
-            .iter()
+fn kept_map(id: u32) -> Option<Layer2Map> {
+    MAPS.with_borrow(|maps| {
+        maps.iter()
             .find(|(kept, _)| *kept == id)
-            .map(|(_, input)| input.clone())
+            .map(|(_, map)| map.clone())
     })
 }
 
-/// The fine heat map of `class` for image `id`, from its kept input.
+/// The fine heat map of `class` for image `id`, from its kept `layer2` map.
 fn fine_map(state: &State, id: u32, class: usize) -> FromWorker {
     let outcome = match state {
-        State::Ready(classifier) => kept_input(id)
+        State::Ready(classifier) => kept_map(id)
             .ok_or_else(|| "this worker no longer holds the image; add it again".to_string())
-            .and_then(|input| {
+            .and_then(|layer2| {
                 classifier
-                    .fine_map(&input, class)
+                    .fine_map(&layer2, class)
                     .map_err(|e| e.to_string())
             }),
         _ => Err("no model".into()),
@@ -152,8 +149,8 @@ fn handle(data: JsValue, classifier: &Shared) {
 fn answer(state: &State, id: u32, bytes: &[u8]) {
     post(&FromWorker::Started { id });
     let outcome = match state {
-        State::Ready(classifier) => classify(classifier, bytes).map(|(result, input)| {
-            keep_input(id, input);
+        State::Ready(classifier) => classify(classifier, bytes).map(|(result, layer2)| {
+            keep_map(id, layer2);
             result
         }),
         State::Failed(message) => Err(format!("no model to classify with: {message}")),
@@ -179,15 +176,15 @@ fn png_data_url(png: &[u8]) -> String {
     format!("data:image/png;base64,{}", BASE64_STANDARD.encode(png))
 }
 
-/// The result of one image and its network input (kept for a fine heat map).
-fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<(ImageResult, Tensor), String> {
+/// The result of one image and its `layer2` map (kept for a fine heat map).
+fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<(ImageResult, Layer2Map), String> {
     let mut watch = Stopwatch::new(&now_ms);
     let decoded = decode(bytes).map_err(|e| e.to_string())?;
     let image = decoded.image;
     watch.lap("decode");
     let input = classifier.input_tensor(&image).map_err(|e| e.to_string())?;
     watch.lap("preprocess");
-    let prediction = classifier
+    let (prediction, layer2) = classifier
         .classify_input_timed(&input, &mut watch)
         .map_err(|e| e.to_string())?;
     let preview = match decoded.dicom {
@@ -214,7 +211,7 @@ fn classify(classifier: &Classifier, bytes: &[u8]) -> Result<(ImageResult, Tenso
         preview,
         dicom: decoded.dicom,
     };
-    Ok((result, input))
+    Ok((result, layer2))
 }
 
 fn js_error(context: &str, error: JsValue) -> String {
