@@ -218,6 +218,9 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
     if args.compute.int8_products && args.record.is_some() {
         bail!("--record keeps the card's results for the model as the page runs it (int8 products for an int8 weights file, f32 for a float one); evaluate with --int8-products without it");
     }
+    if args.zoom != 1.0 && args.record.is_some() {
+        bail!("--record keeps the card's results on the images as they are; evaluate with --zoom without it");
+    }
     let classifier = args
         .compute
         .load(&args.weights, args.card.as_deref(), device)?;
@@ -236,9 +239,6 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
         }
         None => Vec::new(),
     };
-    if args.zoom != 1.0 && args.record.is_some() {
-        bail!("--record keeps the card's results on the images as they are; evaluate with --zoom without it");
-    }
     let evaluation = evaluate_folder(&classifier, &folder, args.zoom);
     let (report, failed) = (&evaluation.report, &evaluation.failed);
     let operating = at_operating_points(&classifier, &evaluation);
