@@ -32,24 +32,30 @@ fn radiograph(card: &ModelCard) -> Tensor {
     .unwrap()
 }
 
+/// `model` with its batch norms folded into the convolutions, as the classifier runs it.
+fn folded(model: &ResNet50) -> ResNet50 {
+    let mut folded = model.clone();
+    folded.fold_batch_norms().unwrap();
+    folded
+}
+
+/// One image's `layer2` output (512, H/8, W/8), eval mode.
+fn layer2_of(model: &ResNet50, input: &Tensor) -> Tensor {
+    model
+        .forward_t(input, false)
+        .unwrap()
+        .layer2_map
+        .get(0)
+        .unwrap()
+}
+
 #[test]
 fn layer_cam_of_the_folded_model_equals_candles_autograd_and_is_at_least_14x14() {
     let (plain, card) = shipped();
-    let mut folded = plain.clone();
-    folded.fold_batch_norms().unwrap();
+    let folded = folded(&plain);
     let input = radiograph(&card);
-    let layer2_plain = plain
-        .forward_t(&input, false)
-        .unwrap()
-        .layer2_map
-        .get(0)
-        .unwrap();
-    let layer2_folded = folded
-        .forward_t(&input, false)
-        .unwrap()
-        .layer2_map
-        .get(0)
-        .unwrap();
+    let layer2_plain = layer2_of(&plain, &input);
+    let layer2_folded = layer2_of(&folded, &input);
     let side = card.preprocessing.crop as usize / 8;
     assert!(
         side >= 14,
@@ -85,15 +91,9 @@ fn layer_cam_of_the_folded_model_equals_candles_autograd_and_is_at_least_14x14()
 #[test]
 fn the_classifiers_fine_map_is_the_layer_cam_of_the_classified_image() {
     let (plain, card) = shipped();
-    let mut folded = plain.clone();
-    folded.fold_batch_norms().unwrap();
+    let folded = folded(&plain);
     let input = radiograph(&card);
-    let layer2 = folded
-        .forward_t(&input, false)
-        .unwrap()
-        .layer2_map
-        .get(0)
-        .unwrap();
+    let layer2 = layer2_of(&folded, &input);
     let classifier = shipped_model_f32_products();
     let (prediction, kept) = classifier
         .classify_input_timed(&input, &mut Stopwatch::off())
@@ -123,11 +123,6 @@ fn the_classifiers_fine_map_is_the_layer_cam_of_the_classified_image() {
 #[test]
 fn a_class_the_model_lacks_is_an_error() {
     let (model, card) = shipped();
-    let layer2 = model
-        .forward_t(&radiograph(&card), false)
-        .unwrap()
-        .layer2_map
-        .get(0)
-        .unwrap();
+    let layer2 = layer2_of(&model, &radiograph(&card));
     assert!(model.layer2_gradient(&layer2, card.classes.len()).is_err());
 }
