@@ -17,6 +17,9 @@ pub struct Preprocessing {
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub channels: String,
+    /// Histogram-equalise each channel of the crop before normalising (`equalize`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub equalize: bool,
 }
 
 impl Default for Preprocessing {
@@ -27,6 +30,7 @@ impl Default for Preprocessing {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
             channels: "rgb, gray replicated, alpha dropped".into(),
+            equalize: false,
         }
     }
 }
@@ -178,9 +182,15 @@ impl Preprocessing {
         out
     }
 
-    /// Normalises a channel-major (3, H, W) buffer in place with the mean and std.
+    /// Turns a channel-major (3, H, W) crop in [0, 1] into the network's input, in place:
+    /// equalised when the model was trained so, then normalised with the mean and std.
     pub fn normalize(&self, chw: &mut [f32]) {
         let plane = chw.len() / 3;
+        if self.equalize {
+            for channel in chw.chunks_mut(plane) {
+                equalize(channel);
+            }
+        }
         for (c, channel) in chw.chunks_mut(plane).enumerate() {
             for v in channel {
                 *v = (*v - self.mean[c]) / self.std[c];
@@ -193,6 +203,34 @@ impl Preprocessing {
         let mut chw = self.resized_crop(image);
         self.normalize(&mut chw);
         chw
+    }
+}
+
+/// Grey levels of the histogram `equalize` flattens.
+const LEVELS: usize = 256;
+
+/// Histogram equalisation of one plane in [0, 1]: each value becomes the share of the plane at
+/// or below its grey level, counted from the darkest level present (which maps to 0; the
+/// brightest maps to 1). Any monotonic change of brightness, contrast or gamma (a hospital's
+/// exposure and processing) leaves the result as it was. A plane of one level is left as it is.
+pub fn equalize(plane: &mut [f32]) {
+    let level = |v: f32| (v.clamp(0.0, 1.0) * (LEVELS - 1) as f32 + 0.5) as usize;
+    let mut at_or_below = [0usize; LEVELS];
+    for &v in plane.iter() {
+        at_or_below[level(v)] += 1;
+    }
+    for l in 1..LEVELS {
+        at_or_below[l] += at_or_below[l - 1];
+    }
+    let darkest = at_or_below.iter().copied().find(|&n| n > 0).unwrap_or(0);
+    let spread = plane.len() - darkest;
+    if spread == 0 {
+        return;
+    }
+    let lut: [f32; LEVELS] =
+        std::array::from_fn(|l| at_or_below[l].saturating_sub(darkest) as f32 / spread as f32);
+    for v in plane.iter_mut() {
+        *v = lut[level(*v)];
     }
 }
 
@@ -241,5 +279,78 @@ mod tests {
             let plane = &out[c * 224 * 224..(c + 1) * 224 * 224];
             assert!(plane.iter().all(|v| (v - expected).abs() < 1e-5));
         }
+    }
+
+    fn ramp(len: usize) -> Vec<f32> {
+        (0..len).map(|i| i as f32 / (len - 1) as f32).collect()
+    }
+
+    #[test]
+    fn equalising_spreads_the_levels_and_ignores_exposure() {
+        // A dim, low-contrast plane: values in [0.2, 0.4].
+        let dim: Vec<f32> = ramp(1000).iter().map(|v| 0.2 + 0.2 * v).collect();
+        let mut equalized = dim.clone();
+        equalize(&mut equalized);
+        assert_eq!(equalized[0], 0.0);
+        assert_eq!(*equalized.last().unwrap(), 1.0);
+        assert!(equalized.windows(2).all(|w| w[0] <= w[1]), "order is kept");
+        let mean = equalized.iter().sum::<f32>() / equalized.len() as f32;
+        assert!(
+            (mean - 0.5).abs() < 0.01,
+            "a uniform histogram: mean {mean}"
+        );
+
+        // The same plane brighter and under a gamma equalises to nearly the same values (only
+        // where two levels merge or split do they differ).
+        let mut exposed: Vec<f32> = dim.iter().map(|v| (v + 0.3).powf(0.7)).collect();
+        equalize(&mut exposed);
+        let largest = equalized
+            .iter()
+            .zip(&exposed)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(largest < 0.03, "largest difference {largest}");
+    }
+
+    #[test]
+    fn equalising_a_plane_of_one_level_leaves_it_as_it_is() {
+        let mut flat = vec![0.3f32; 50];
+        equalize(&mut flat);
+        assert!(flat.iter().all(|&v| v == 0.3));
+        let mut empty: Vec<f32> = Vec::new();
+        equalize(&mut empty);
+    }
+
+    #[test]
+    fn normalize_equalises_only_when_the_card_says_so() {
+        let crop: Vec<f32> = [ramp(16), ramp(16), ramp(16)]
+            .concat()
+            .iter()
+            .map(|v| 0.4 + 0.1 * v)
+            .collect();
+        let plain = Preprocessing::default();
+        let equalizing = Preprocessing {
+            equalize: true,
+            ..Preprocessing::default()
+        };
+        let (mut a, mut b) = (crop.clone(), crop);
+        plain.normalize(&mut a);
+        equalizing.normalize(&mut b);
+        let denormalized = |v: f32| v * IMAGENET_STD[0] + IMAGENET_MEAN[0];
+        assert!((denormalized(a[15]) - 0.5).abs() < 1e-5);
+        assert!(
+            (denormalized(b[15]) - 1.0).abs() < 1e-5,
+            "{}",
+            denormalized(b[15])
+        );
+        assert!(denormalized(b[0]).abs() < 1e-5);
+    }
+
+    #[test]
+    fn cards_without_equalisation_read_and_write_as_before() {
+        let json = serde_json::to_string(&Preprocessing::default()).unwrap();
+        assert!(!json.contains("equalize"), "{json}");
+        let read: Preprocessing = serde_json::from_str(&json).unwrap();
+        assert!(!read.equalize);
     }
 }

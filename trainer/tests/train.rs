@@ -60,6 +60,7 @@ fn args(data: &Path, out: &Path, epochs: usize) -> TrainArgs {
         sharpness: 0.0,
         jpeg_probability: 0.0,
         jpeg_quality_min: 40,
+        equalize: false,
         out: out.to_path_buf(),
         epochs,
         batch_size: 6,
@@ -120,6 +121,7 @@ fn tiny_run_lowers_the_loss_and_exports_a_loadable_model() {
     assert_eq!(training.data.validation_per_class, vec![3, 3]);
     assert!(training.initialization.contains("from scratch"));
     assert_eq!(training.config["seed"], 3);
+    assert!(!card.preprocessing.equalize);
 
     let weights = std::fs::read(out.join(MODEL_FILE)).unwrap();
     card.verify_weights(&weights).unwrap();
@@ -407,9 +409,14 @@ fn multi_source_run_with_balanced_sampling_and_shortcut_augmentation() {
         contrast: 0.2,
         gamma: 0.3,
         jpeg_probability: 0.5,
+        equalize: true,
         ..args(&first, &out, 2)
     };
     let card = training::run(&run).unwrap();
+    assert!(
+        card.preprocessing.equalize,
+        "the card tells inference to equalise as training did"
+    );
     let data = &card.training.as_ref().unwrap().data;
     assert_eq!(data.files, 28 + 6);
     assert_eq!(data.train_per_class, vec![14, 14]);

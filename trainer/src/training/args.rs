@@ -160,6 +160,12 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 40)]
     #[serde(default = "crate::augment::default_jpeg_quality")]
     pub jpeg_quality_min: u8,
+    /// Histogram-equalise every crop before normalising (recorded in the card's preprocessing,
+    /// so inference does the same): removes differences of exposure and processing between
+    /// hospitals by construction.
+    #[arg(long)]
+    #[serde(default)]
+    pub equalize: bool,
     /// Shorter side after resizing.
     #[arg(long, default_value_t = 256)]
     pub resize: u32,
@@ -238,6 +244,7 @@ impl TrainArgs {
         Preprocessing {
             resize_shorter: self.resize,
             crop: self.crop,
+            equalize: self.equalize,
             ..Preprocessing::default()
         }
     }
