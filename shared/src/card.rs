@@ -61,6 +61,15 @@ pub struct DatasetRecord {
     pub skipped: Vec<(String, String)>,
 }
 
+/// One model of a weight average, with its share of every tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AveragedModel {
+    pub sha256: String,
+    pub dtype: String,
+    pub share: f64,
+    pub training: Option<TrainingRecord>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRecord {
     pub trainer_version: String,
@@ -145,6 +154,10 @@ pub struct ModelCard {
     /// Per class, the threshold for a stated sensitivity (`trainer calibrate --sensitivity`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operating_points: Vec<crate::operating_point::OperatingPoint>,
+    /// The models whose weights this one averages (`trainer average`); `training` is then the
+    /// first one's run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub averaged_from: Vec<AveragedModel>,
     pub intended_use: String,
     #[serde(default)]
     pub limitations: Vec<String>,

@@ -247,8 +247,7 @@ pub fn named_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
     Ok(vars)
 }
 
-/// The tensors to save for `varmap` in `dtype`, plus torchvision's `num_batches_tracked` beside
-/// every batch norm so that `load_state_dict(strict=True)` accepts the file.
+/// The tensors to save for `varmap` in `dtype`, with `num_batches_tracked` (`add_batches_tracked`).
 pub fn state_dict(
     varmap: &VarMap,
     dtype: DType,
@@ -256,13 +255,24 @@ pub fn state_dict(
 ) -> Result<HashMap<String, Tensor>> {
     let mut tensors = HashMap::new();
     for (name, var) in named_vars(varmap)? {
-        if let Some(prefix) = name.strip_suffix(".running_mean") {
-            let count = Tensor::new(batches_tracked, var.device())?;
-            tensors.insert(format!("{prefix}.{BATCHES_TRACKED}"), count);
-        }
         tensors.insert(name, var.as_tensor().to_dtype(dtype)?);
     }
+    add_batches_tracked(&mut tensors, batches_tracked)?;
     Ok(tensors)
+}
+
+/// Adds torchvision's `num_batches_tracked` beside every batch norm (each `running_mean`), so
+/// that `load_state_dict(strict=True)` accepts the file.
+pub fn add_batches_tracked(tensors: &mut HashMap<String, Tensor>, count: i64) -> Result<()> {
+    let mut counters = Vec::new();
+    for (name, tensor) in tensors.iter() {
+        if let Some(prefix) = name.strip_suffix(".running_mean") {
+            let counter = Tensor::new(count, tensor.device())?;
+            counters.push((format!("{prefix}.{BATCHES_TRACKED}"), counter));
+        }
+    }
+    tensors.extend(counters);
+    Ok(())
 }
 
 /// Whether `name` is the scale of an int8 tensor (read with it, not on its own).

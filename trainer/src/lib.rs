@@ -19,6 +19,7 @@ pub fn keep_freed_memory() {
 }
 
 pub mod augment;
+pub mod average;
 pub mod calibrate;
 pub mod data;
 pub mod device;

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use trainer::device::{self, DeviceChoice};
-use trainer::{calibrate, evaluate, gate_check, predict, quantize, training};
+use trainer::{average, calibrate, evaluate, gate_check, predict, quantize, training};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +42,8 @@ enum Command {
     },
     /// int8 weights (per-channel scales) from float ones, for a smaller download.
     Quantize(quantize::QuantizeArgs),
+    /// One model whose weights are the weighted mean of several fine-tuned from one another.
+    Average(average::AverageArgs),
     /// Class probabilities for image files.
     Predict {
         #[command(flatten)]
@@ -68,6 +70,9 @@ fn main() -> Result<()> {
         }
         Command::Quantize(args) => {
             quantize::run(&args)?;
+        }
+        Command::Average(args) => {
+            average::run(&args)?;
         }
         Command::Predict { args, device } => {
             if !predict::run(&args, &device::select(device)?)? {

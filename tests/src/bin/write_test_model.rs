@@ -111,6 +111,7 @@ fn main() -> Result<(), Error> {
         evaluations: Vec::new(),
         quantization: None,
         operating_points: Vec::new(),
+        averaged_from: Vec::new(),
         intended_use: "Testing the software only.".into(),
         limitations: vec!["Random weights: its answers carry no information.".into()],
     };

@@ -89,6 +89,7 @@ pub(super) fn export(
         evaluations: Vec::new(),
         quantization: None,
         operating_points: Vec::new(),
+        averaged_from: Vec::new(),
         intended_use: "Research and teaching: shows what a ResNet50 trained on public chest \
                        X-ray collections answers for a radiograph. A research tool, not a \
                        diagnostic device; never use it for a clinical decision."
