@@ -24,6 +24,9 @@ echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== clippy, wasm32 (the shared crate, the page and its worker)"
 cargo clippy -p pneumoscope -p webapp --target wasm32-unknown-unknown --all-targets -- -D warnings
+echo "== clippy, wasm32 with relaxed SIMD (the worker build browsers with it run)"
+cargo clippy -p pneumoscope -p webapp --target wasm32-unknown-unknown --all-targets \
+  --features webapp/relaxed-simd -- -D warnings
 echo "== tests"
 cargo test --workspace
 echo "== the page in headless Chromium"

@@ -2,11 +2,19 @@
 // can forbid inline scripts.
 import init from "./webapp.js";
 
+// Every inference worker's script (`page::worker_url`). `?simd=baseline` on the page's URL
+// passes on to it: the worker build without relaxed SIMD, even where the browser has it
+// (benchmarks and tests compare the two builds).
+globalThis.pneumoscopeWorkerUrl =
+  new URLSearchParams(location.search).get("simd") === "baseline"
+    ? "./worker_loader.js?simd=baseline"
+    : "./worker_loader.js";
+
 // The first inference worker starts now, so its wasm compiles and the weights download while the
 // page's own wasm does; what it says before the page listens is kept for the page
 // (`page::take_early_worker`).
 try {
-  const worker = new Worker("./worker_loader.js");
+  const worker = new Worker(globalThis.pneumoscopeWorkerUrl);
   const early = { worker, messages: [], errors: [] };
   worker.onmessage = (event) => early.messages.push(event);
   worker.onerror = (event) => early.errors.push(event);

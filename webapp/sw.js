@@ -2,6 +2,9 @@
 // answered from the network when there is one (so updates arrive) and from the cache when not.
 // Nothing is ever sent anywhere: this worker only handles GETs to the page's own origin.
 const CACHE = "pneumoscope-v1";
+importScripts("./wasm_features.js");
+// Only the worker build this browser runs (wasm_features.js): the other is never fetched.
+const WORKER_BUILD = pneumoscopeWorkerBuild(null);
 const FILES = [
   "./",
   "index.html",
@@ -10,8 +13,9 @@ const FILES = [
   "webapp.js",
   "webapp_bg.wasm",
   "worker_loader.js",
-  "worker.js",
-  "worker_bg.wasm",
+  "wasm_features.js",
+  `${WORKER_BUILD}.js`,
+  `${WORKER_BUILD}_bg.wasm`,
   "model.json",
   "model.safetensors",
 ];

@@ -4,5 +4,7 @@
 self.weightsPrefetch = { file: "model.safetensors", response: fetch("./model.safetensors") };
 // A failed prefetch is reported when the worker reads it, not as an unhandled rejection.
 self.weightsPrefetch.response.catch(() => {});
-importScripts("./worker.js");
-wasm_bindgen("./worker_bg.wasm");
+importScripts("./wasm_features.js");
+const build = pneumoscopeWorkerBuild(new URL(self.location.href).searchParams.get("simd"));
+importScripts(`./${build}.js`);
+wasm_bindgen(`./${build}_bg.wasm`);

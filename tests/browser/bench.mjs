@@ -1,10 +1,12 @@
 // Browser benchmark (not a test): our page beside onnxruntime-web, same Chromium, same weights.
 //   cargo bench -p trainer --bench inference     (writes PEER: model.onnx, inputs, our logits)
-//   DIST=target/bench-dist IMAGES=a.jpeg:b.jpeg:... [CROPS=112,144,224] [PEER=dir] node bench.mjs
+//   DIST=target/bench-dist IMAGES=a.jpeg:b.jpeg:... [CROPS=112,144,224] [SIMD=auto,baseline] [PEER=dir] node bench.mjs
 // Ours: cold start (page load to the first result, fresh profile) at the card's input size, then
 // per image the worker's own timing of everything it does, stage by stage, at each of CROPS (the
 // card's preprocessing moved to that size). onnxruntime-web: its forward pass alone, one thread
 // (SIMD), on the inputs our native preprocessing made, with its logits checked against ours.
+// SIMD: our worker build per column, "auto" (the one the browser picks: relaxed SIMD in Chromium)
+// and/or "baseline" (the page's `?simd=baseline`), each at every crop, alternating.
 // onnxruntime-web is not in package.json (139 MB, benchmark only):
 //   (cd tests/browser && npm install --no-save onnxruntime-web@1.30.0)
 import { existsSync, readFileSync } from "node:fs";
@@ -21,6 +23,7 @@ const ORT_DIST = join(HERE, "node_modules/onnxruntime-web/dist");
 const card = JSON.parse(readFileSync(join(DIST, "model.json"), "utf8"));
 const shipped = card.preprocessing.crop;
 const CROPS = (process.env.CROPS ?? `${shipped}`).split(",").map(Number);
+const BUILDS = (process.env.SIMD ?? "auto").split(",");
 const FORWARD = ["stem", "layer1", "layer2", "layer3", "layer4", "head"];
 
 /** The card with its preprocessing moved to `crop`, the resize keeping the card's ratio. */
@@ -32,12 +35,12 @@ function cardAt(crop) {
   return JSON.stringify(moved);
 }
 
-async function ours(browser, crop) {
+async function ours(browser, crop, build) {
   const server = await serve(DIST, { overrides: { "/model.json": cardAt(crop) } });
   const context = await browser.newContext();
   const page = await context.newPage();
   const start = performance.now();
-  await page.goto(server.origin);
+  await page.goto(build === "baseline" ? `${server.origin}/?simd=baseline` : server.origin);
   await page.getByTestId("file-input").setInputFiles([IMAGES[0]]);
   if ((await modelState(page)) !== "ready") throw new Error("the model did not load");
   const ready = performance.now() - start;
@@ -62,12 +65,18 @@ async function ours(browser, crop) {
   const maps = performance.now() - mapsStart;
   const failed = items.filter((i) => i.status !== "done");
   if (failed.length) throw new Error(`not classified: ${failed.map((i) => i.name).join(", ")}`);
+  // Which build the page's workers ran: what was fetched before the service worker (whose
+  // install caches the browser's own pick) registered.
+  const swAt = server.log.findIndex((r) => r.url.startsWith("/sw.js"));
+  const beforeSw = swAt < 0 ? server.log : server.log.slice(0, swAt);
+  const worker = beforeSw.some((r) => r.url.includes("worker_relaxed_bg.wasm")) ? "relaxed" : "baseline";
   const stages = {};
   for (const name of Object.keys(items[0].stages)) stages[name] = median(items.map((i) => i.stages[name] ?? 0));
   await context.close();
   await server.close();
   return {
     crop,
+    worker,
     ready,
     first,
     loadStages,
@@ -138,7 +147,8 @@ const browser = await launch();
 const results = [];
 const hasPeer = existsSync(ORT_DIST) && existsSync(join(PEER, "model.onnx"));
 for (const crop of CROPS) {
-  results.push({ ours: await ours(browser, crop), peer: hasPeer ? await peer(browser, crop) : null });
+  const peerResult = hasPeer ? await peer(browser, crop) : null;
+  for (const build of BUILDS) results.push({ ours: await ours(browser, crop, build), peer: peerResult });
 }
 
 const cold = results.find((r) => r.ours.crop === shipped)?.ours;
@@ -150,7 +160,7 @@ if (cold) {
   console.log(`| page load to model ready | ${cold.ready.toFixed(0)} |`);
   console.log(`| page load to first result | **${cold.first.toFixed(0)}** |\n`);
 }
-const crops = results.map((r) => `${r.ours.crop}x${r.ours.crop}`);
+const crops = results.map((r) => `${r.ours.crop}x${r.ours.crop}, ${r.ours.worker}`);
 console.log(`| stage in the worker (median ms) | ${crops.join(" | ")} |`);
 console.log(`|---|${"---|".repeat(results.length)}`);
 for (const name of Object.keys(results[0].ours.stages)) {
@@ -167,9 +177,9 @@ if (!hasPeer) {
   await browser.close();
   process.exit(0);
 }
-console.log(`| input | ours: everything | ours: forward | onnxruntime-web ${results[0].peer.version}: forward (1 thread) | ours everything / onnxruntime-web | largest logit difference |`);
+console.log(`| input, our worker build | ours: everything | ours: forward | onnxruntime-web ${results[0].peer.version}: forward (1 thread) | ours everything / onnxruntime-web | largest logit difference |`);
 console.log("|---|---|---|---|---|---|");
 for (const { ours: o, peer: p } of results) {
-  console.log(`| ${o.crop}x${o.crop} | ${o.perImage.toFixed(1)} ms | ${o.forward.toFixed(1)} ms | ${p.median.toFixed(1)} ms | ${(o.perImage / p.median).toFixed(2)}x | ${p.maxDiff.toExponential(1)} |`);
+  console.log(`| ${o.crop}x${o.crop}, ${o.worker} | ${o.perImage.toFixed(1)} ms | ${o.forward.toFixed(1)} ms | ${p.median.toFixed(1)} ms | ${(o.perImage / p.median).toFixed(2)}x | ${p.maxDiff.toExponential(1)} |`);
 }
 await browser.close();

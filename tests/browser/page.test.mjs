@@ -142,6 +142,42 @@ test("the page classifies radiographs exactly like trainer predict, bad files fa
   }
 });
 
+/** The paths `server` was asked for since its log held `from` entries, up to the service
+ * worker's registration (whose install fetches every file again). */
+function fetchedBeforeServiceWorker(from = 0) {
+  const paths = server.log.slice(from).map((r) => new URL(r.url, server.origin).pathname);
+  const sw = paths.indexOf("/sw.js");
+  return sw < 0 ? paths : paths.slice(0, sw);
+}
+
+test("Chromium runs the relaxed-SIMD worker build; ?simd=baseline the plain one, with the same answers", async () => {
+  const relaxed = fetchedBeforeServiceWorker();
+  assert.ok(
+    relaxed.includes("/worker_relaxed_bg.wasm") && !relaxed.includes("/worker_bg.wasm"),
+    `the page's workers fetched: ${relaxed.join(" ")}`,
+  );
+  const mark = server.log.length;
+  const fresh = await browser.newContext();
+  try {
+    const baseline = await fresh.newPage();
+    await baseline.goto(`${server.origin}/?simd=baseline`);
+    assert.equal(await modelState(baseline), "ready", "the baseline build did not load");
+    await baseline.getByTestId("file-input").setInputFiles(IMAGES);
+    const items = await finishedItems(baseline, IMAGES.length);
+    const fetched = fetchedBeforeServiceWorker(mark);
+    assert.ok(
+      fetched.includes("/worker_bg.wasm") && !fetched.includes("/worker_relaxed_bg.wasm"),
+      `with ?simd=baseline the workers fetched: ${fetched.join(" ")}`,
+    );
+    for (const [index, path] of IMAGES.entries()) {
+      assert.equal(items[index].status, "done", `${path}: ${items[index].error}`);
+      assertClose(items[index].probabilities, expectedFor(path), `${path} (baseline build)`);
+    }
+  } finally {
+    await fresh.close();
+  }
+});
+
 /** Waits for the top class's heat map of every classified image: the workers compute them
  * apart from the classification, once no image waits. */
 async function heatMapsArrived() {
@@ -527,8 +563,8 @@ test("the first worker downloads the weights once, from before its wasm has comp
   assert.equal(weights.length, 1, `weights requested ${weights.length} times: ${listed}`);
   // The card is asked for by the compiled worker; the weights were already on their way.
   const order = (path) => firstLoad.indexOf(path);
-  assert.ok(order("/model.json") >= 0 && order("/worker_bg.wasm") >= 0, listed);
-  assert.ok(order("/model.safetensors") < order("/worker_bg.wasm"), listed);
+  assert.ok(order("/model.json") >= 0 && order("/worker_relaxed_bg.wasm") >= 0, listed);
+  assert.ok(order("/model.safetensors") < order("/worker_relaxed_bg.wasm"), listed);
 });
 
 test("altered or missing weights are refused with a clear message", async () => {

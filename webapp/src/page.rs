@@ -23,6 +23,14 @@ pub const MAX_FILE_BYTES: f64 = 200.0 * 1024.0 * 1024.0;
 /// The worker's loader script (webapp/worker_loader.js), beside the page.
 const WORKER_URL: &str = "./worker_loader.js";
 
+/// The loader's URL as `boot.js` chose it (with the page's `?simd=` choice), else `WORKER_URL`.
+fn worker_url() -> String {
+    web_sys::window()
+        .and_then(|window| Reflect::get(&window, &JsValue::from_str("pneumoscopeWorkerUrl")).ok())
+        .and_then(|url| url.as_string())
+        .unwrap_or_else(|| WORKER_URL.to_string())
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelState {
     Loading { loaded: u64, total: Option<u64> },
@@ -286,7 +294,7 @@ impl Page {
         let page = *self;
         let (worker, early) = match (index == 0).then(take_early_worker).flatten() {
             Some((worker, early)) => (worker, Some(early)),
-            None => match Worker::new(WORKER_URL) {
+            None => match Worker::new(&worker_url()) {
                 Ok(worker) => (worker, None),
                 Err(error) => {
                     if !self.model_ready() {

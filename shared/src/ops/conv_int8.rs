@@ -164,7 +164,9 @@ pub fn quantize_activations(image: &[f32], channels: usize, codes: &mut Vec<u8>)
 /// (positions, patch_len) row-major codes (`Geometry::patch_rows`) with activation scale
 /// `scale`.
 pub fn accumulate_product(y: &mut [f32], weight: &Int8Weight, patches: &[u8], scale: f32) {
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+    crate::ops::int8_rows::accumulate_relaxed(y, &weight.rows, &weight.scales, patches, scale);
+    #[cfg(all(target_arch = "wasm32", not(feature = "relaxed-simd")))]
     crate::ops::int8_rows::accumulate::<crate::ops::int8_rows::Simd128>(
         y,
         &weight.rows,

@@ -1,32 +1,41 @@
 //! The int8 product in the page: `y += scale * (weight @ patches^T)` from int8 weight rows and
-//! 7-bit activation rows, both K-contiguous, with wasm's `i32x4.dot_i16x8_s` (one `pmaddwd` on
-//! x86: eight products summed in pairs into four i32 lanes) on rows widened to 16 bits as they
-//! are loaded.
+//! 7-bit activation rows, both K-contiguous. Each output is the dot product of one weight row
+//! and one patch row; nothing is packed: the weight rows are the model's codes, the activation
+//! rows the convolution's patch rows.
+//!
+//! Two builds of the worker (`webapp/worker_loader.js` picks the one the browser validates):
+//! - plain SIMD: `i32x4.dot_i16x8_s` (one `pmaddwd` on x86: eight products summed in pairs into
+//!   four i32 lanes) on rows widened to 16 bits as they are loaded;
+//! - with relaxed SIMD (feature `relaxed-simd`): `i32x4.relaxed_dot_i8x16_i7x16_add_s`, sixteen
+//!   products of an int8 and a 7-bit value summed in fours into four i32 lanes, loaded as they
+//!   are (`vpdpbusd` where the CPU has VNNI, else `pmaddubsw` + `pmaddwd`). The activations are
+//!   7-bit codes (`conv_int8`), so every engine computes the exact sums: no pair of products
+//!   reaches `pmaddubsw`'s 16-bit saturation (2 x 127 x 127 < 32767).
 //!
 //! rten-gemm's simd128 int8 kernel (what `conv_int8` uses natively) made the page slower than
 //! f32 products (299.7 against 237.5 ms per image at 176 in Chromium 156): without relaxed
-//! SIMD's int8 dot it emulates one with six instructions per sixteen products and packs both
-//! operands first. Here nothing is packed: the weight rows are the model's codes, the
-//! activation rows are the convolution's patch rows, and each output is the dot product of one
-//! of each.
+//! SIMD it emulates an int8 dot with six instructions per sixteen products and packs both
+//! operands first.
 //!
-//! The arithmetic is written once over [`Dot8`]: with simd128 in the page, and portably (the
-//! same lane-by-lane sums) where the tests run it natively.
+//! The arithmetic is written once over [`Dot`]; portable versions of both (the same lane-by-lane
+//! sums) let the tests run it natively.
 
-/// Eight-wide multiply-accumulate into four i32 lanes, as `i32x4.dot_i16x8_s` does it.
-pub(super) trait Dot8 {
-    /// Eight values widened to 16 bits.
-    type Wide: Copy;
+/// A multiply-accumulate of `WIDTH` weight codes and `WIDTH` activation codes into four i32 lanes.
+pub(super) trait Dot {
+    /// Codes consumed per `multiply_add`.
+    const WIDTH: usize;
+    /// `WIDTH` codes as loaded.
+    type Loaded: Copy;
     /// Four partial sums.
     type Sums: Copy;
 
     fn zero() -> Self::Sums;
-    /// `row[..8]`, widened.
-    fn weights(row: &[i8]) -> Self::Wide;
-    /// `row[..8]`, widened.
-    fn codes(row: &[u8]) -> Self::Wide;
-    /// `sums + (w0 a0 + w1 a1, w2 a2 + w3 a3, ...)`.
-    fn multiply_add(sums: Self::Sums, weights: Self::Wide, codes: Self::Wide) -> Self::Sums;
+    /// `row[..WIDTH]`.
+    fn weights(row: &[i8]) -> Self::Loaded;
+    /// `row[..WIDTH]`.
+    fn codes(row: &[u8]) -> Self::Loaded;
+    /// `sums` plus the products of `weights` and `codes`, each product added to one lane.
+    fn multiply_add(sums: Self::Sums, weights: Self::Loaded, codes: Self::Loaded) -> Self::Sums;
     /// The four lanes' total of each of four sums.
     fn totals(sums: [Self::Sums; 4]) -> [i32; 4];
 }
@@ -34,7 +43,8 @@ pub(super) trait Dot8 {
 /// Output channels per tile: four sums reduce together in [`Dot8::totals`].
 const ROWS: usize = 4;
 /// Positions per tile: with four weight rows, eight sums and six loaded rows stay in x86's
-/// sixteen vector registers (three positions, twelve sums, took 209 against 178 ms per image).
+/// sixteen vector registers (three positions, twelve sums, took 209 against 178 ms per image
+/// with the plain-SIMD kernel).
 const COLS: usize = 2;
 /// Bytes of patch rows one pass over the weight tiles reads: they stay in L2 while each tile's
 /// weight rows stay in L1.
@@ -42,7 +52,9 @@ const PATCH_BLOCK_BYTES: usize = 96 << 10;
 
 /// `y (c_out, positions) += scale * weight_scales[c] * (weights @ patches^T)`, `weights` the
 /// (c_out, patch_len) codes and `patches` the (positions, patch_len) activation codes.
-pub(super) fn accumulate<D: Dot8>(
+/// Inlined whole, so that [`accumulate_relaxed`] compiles every step with relaxed SIMD.
+#[inline(always)]
+pub(super) fn accumulate<D: Dot>(
     y: &mut [f32],
     weights: &[i8],
     weight_scales: &[f32],
@@ -95,14 +107,14 @@ impl Operands<'_> {
     /// The exact i32 sums of weight rows `row..row + R` with patch rows `p..p + C`,
     /// `[position][row]`.
     #[inline(always)]
-    fn sums<D: Dot8, const R: usize, const C: usize>(self, row: usize, p: usize) -> [[i32; 4]; C] {
+    fn sums<D: Dot, const R: usize, const C: usize>(self, row: usize, p: usize) -> [[i32; 4]; C] {
         let k = self.patch_len;
         let w: [&[i8]; R] = std::array::from_fn(|r| &self.weights[(row + r) * k..][..k]);
         let a: [&[u8]; C] = std::array::from_fn(|c| &self.patches[(p + c) * k..][..k]);
         let mut sums = [[D::zero(); R]; C];
-        let whole = k / 8 * 8;
-        for at in (0..whole).step_by(8) {
-            let w: [D::Wide; R] = std::array::from_fn(|r| D::weights(&w[r][at..]));
+        let whole = k / D::WIDTH * D::WIDTH;
+        for at in (0..whole).step_by(D::WIDTH) {
+            let w: [D::Loaded; R] = std::array::from_fn(|r| D::weights(&w[r][at..]));
             for c in 0..C {
                 let codes = D::codes(&a[c][at..]);
                 for r in 0..R {
@@ -114,8 +126,8 @@ impl Operands<'_> {
             let mut lanes = [D::zero(); 4];
             lanes[..R].copy_from_slice(&sums[c]);
             let mut totals = D::totals(lanes);
-            // The rest of a row not a multiple of 8 long (never in ResNet50: every convolution
-            // after the stem has a multiple of 64 input channels).
+            // The rest of a row not a multiple of `WIDTH` long (never in ResNet50: every
+            // convolution after the stem has a multiple of 64 input channels).
             for (r, total) in totals.iter_mut().take(R).enumerate() {
                 *total += (whole..k)
                     .map(|i| i32::from(w[r][i]) * i32::from(a[c][i]))
@@ -137,7 +149,8 @@ struct Out<'a> {
 
 impl Out<'_> {
     /// Channels `row..row + R` at `range`'s positions, `COLS` at a time.
-    fn columns<D: Dot8, const R: usize>(
+    #[inline(always)]
+    fn columns<D: Dot, const R: usize>(
         mut self,
         operands: Operands<'_>,
         row: usize,
@@ -169,27 +182,26 @@ impl Out<'_> {
 pub(super) struct Portable;
 
 #[cfg(test)]
-impl Dot8 for Portable {
-    type Wide = [i16; 8];
+impl Dot for Portable {
+    const WIDTH: usize = 8;
+    type Loaded = [i32; 8];
     type Sums = [i32; 4];
 
     fn zero() -> [i32; 4] {
         [0; 4]
     }
 
-    fn weights(row: &[i8]) -> [i16; 8] {
-        std::array::from_fn(|i| i16::from(row[i]))
+    fn weights(row: &[i8]) -> [i32; 8] {
+        std::array::from_fn(|i| i32::from(row[i]))
     }
 
-    fn codes(row: &[u8]) -> [i16; 8] {
-        std::array::from_fn(|i| i16::from(row[i]))
+    fn codes(row: &[u8]) -> [i32; 8] {
+        std::array::from_fn(|i| i32::from(row[i]))
     }
 
-    fn multiply_add(sums: [i32; 4], w: [i16; 8], a: [i16; 8]) -> [i32; 4] {
+    fn multiply_add(sums: [i32; 4], w: [i32; 8], a: [i32; 8]) -> [i32; 4] {
         std::array::from_fn(|j| {
-            let pair = i32::from(w[2 * j]) * i32::from(a[2 * j])
-                + i32::from(w[2 * j + 1]) * i32::from(a[2 * j + 1]);
-            sums[j].wrapping_add(pair)
+            sums[j].wrapping_add(w[2 * j] * a[2 * j] + w[2 * j + 1] * a[2 * j + 1])
         })
     }
 
@@ -198,13 +210,87 @@ impl Dot8 for Portable {
     }
 }
 
-/// wasm's 128-bit SIMD (the page is built with `+simd128`).
+/// The same sums as `i32x4.relaxed_dot_i8x16_i7x16_add_s` on 7-bit codes, lane by lane.
+#[cfg(test)]
+pub(super) struct PortableRelaxed;
+
+#[cfg(test)]
+impl Dot for PortableRelaxed {
+    const WIDTH: usize = 16;
+    type Loaded = [i32; 16];
+    type Sums = [i32; 4];
+
+    fn zero() -> [i32; 4] {
+        [0; 4]
+    }
+
+    fn weights(row: &[i8]) -> [i32; 16] {
+        std::array::from_fn(|i| i32::from(row[i]))
+    }
+
+    fn codes(row: &[u8]) -> [i32; 16] {
+        // The instruction's second operand is 7 bits: a code with the top bit set has no
+        // defined product.
+        std::array::from_fn(|i| {
+            assert!(row[i] < 128, "activation codes are 7-bit");
+            i32::from(row[i])
+        })
+    }
+
+    fn multiply_add(sums: [i32; 4], w: [i32; 16], a: [i32; 16]) -> [i32; 4] {
+        std::array::from_fn(|j| {
+            let four: i32 = (4 * j..4 * j + 4).map(|i| w[i] * a[i]).sum();
+            sums[j].wrapping_add(four)
+        })
+    }
+
+    fn totals(sums: [[i32; 4]; 4]) -> [i32; 4] {
+        sums.map(|lanes| lanes.iter().sum())
+    }
+}
+
+/// Lane i of the result: the total of the four lanes of `sums[i]`.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn lane_totals([a, b, c, d]: [std::arch::wasm32::v128; 4]) -> [i32; 4] {
+    use std::arch::wasm32::{i32x4_add, i32x4_extract_lane, i32x4_shuffle};
+    // Interleave pairs, add, then halves.
+    let ab = i32x4_add(
+        i32x4_shuffle::<0, 4, 1, 5>(a, b),
+        i32x4_shuffle::<2, 6, 3, 7>(a, b),
+    );
+    let cd = i32x4_add(
+        i32x4_shuffle::<0, 4, 1, 5>(c, d),
+        i32x4_shuffle::<2, 6, 3, 7>(c, d),
+    );
+    let all = i32x4_add(
+        i32x4_shuffle::<0, 1, 4, 5>(ab, cd),
+        i32x4_shuffle::<2, 3, 6, 7>(ab, cd),
+    );
+    [
+        i32x4_extract_lane::<0>(all),
+        i32x4_extract_lane::<1>(all),
+        i32x4_extract_lane::<2>(all),
+        i32x4_extract_lane::<3>(all),
+    ]
+}
+
+/// wasm's 128-bit SIMD (the page is built with `+simd128`).
+#[cfg(all(
+    target_arch = "wasm32",
+    target_feature = "simd128",
+    not(feature = "relaxed-simd")
+))]
 pub(super) struct Simd128;
 
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-impl Dot8 for Simd128 {
-    type Wide = std::arch::wasm32::v128;
+#[cfg(all(
+    target_arch = "wasm32",
+    target_feature = "simd128",
+    not(feature = "relaxed-simd")
+))]
+impl Dot for Simd128 {
+    const WIDTH: usize = 8;
+    type Loaded = std::arch::wasm32::v128;
     type Sums = std::arch::wasm32::v128;
 
     #[inline(always)]
@@ -213,48 +299,83 @@ impl Dot8 for Simd128 {
     }
 
     #[inline(always)]
-    fn weights(row: &[i8]) -> Self::Wide {
+    fn weights(row: &[i8]) -> Self::Loaded {
         assert!(row.len() >= 8);
         // SAFETY: eight bytes are in bounds (checked); the load has no alignment requirement.
         unsafe { std::arch::wasm32::i16x8_load_extend_i8x8(row.as_ptr()) }
     }
 
     #[inline(always)]
-    fn codes(row: &[u8]) -> Self::Wide {
+    fn codes(row: &[u8]) -> Self::Loaded {
         assert!(row.len() >= 8);
         // SAFETY: as in `weights`.
         unsafe { std::arch::wasm32::u16x8_load_extend_u8x8(row.as_ptr()) }
     }
 
     #[inline(always)]
-    fn multiply_add(sums: Self::Sums, weights: Self::Wide, codes: Self::Wide) -> Self::Sums {
+    fn multiply_add(sums: Self::Sums, weights: Self::Loaded, codes: Self::Loaded) -> Self::Sums {
         use std::arch::wasm32::{i32x4_add, i32x4_dot_i16x8};
         i32x4_add(sums, i32x4_dot_i16x8(weights, codes))
     }
 
     #[inline(always)]
-    fn totals([a, b, c, d]: [Self::Sums; 4]) -> [i32; 4] {
-        use std::arch::wasm32::{i32x4_add, i32x4_extract_lane, i32x4_shuffle};
-        // Interleave pairs, add, then halves: lane i of the result is the total of input i.
-        let ab = i32x4_add(
-            i32x4_shuffle::<0, 4, 1, 5>(a, b),
-            i32x4_shuffle::<2, 6, 3, 7>(a, b),
-        );
-        let cd = i32x4_add(
-            i32x4_shuffle::<0, 4, 1, 5>(c, d),
-            i32x4_shuffle::<2, 6, 3, 7>(c, d),
-        );
-        let all = i32x4_add(
-            i32x4_shuffle::<0, 1, 4, 5>(ab, cd),
-            i32x4_shuffle::<2, 3, 6, 7>(ab, cd),
-        );
-        [
-            i32x4_extract_lane::<0>(all),
-            i32x4_extract_lane::<1>(all),
-            i32x4_extract_lane::<2>(all),
-            i32x4_extract_lane::<3>(all),
-        ]
+    fn totals(sums: [Self::Sums; 4]) -> [i32; 4] {
+        lane_totals(sums)
     }
+}
+
+/// wasm's relaxed SIMD int8 dot product (the worker build with feature `relaxed-simd`).
+#[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+pub(super) struct Relaxed;
+
+#[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+impl Dot for Relaxed {
+    const WIDTH: usize = 16;
+    type Loaded = std::arch::wasm32::v128;
+    type Sums = std::arch::wasm32::v128;
+
+    #[inline(always)]
+    fn zero() -> Self::Sums {
+        std::arch::wasm32::i32x4_splat(0)
+    }
+
+    #[inline(always)]
+    fn weights(row: &[i8]) -> Self::Loaded {
+        assert!(row.len() >= 16);
+        // SAFETY: sixteen bytes are in bounds (checked); the load has no alignment requirement.
+        unsafe { std::arch::wasm32::v128_load(row.as_ptr().cast()) }
+    }
+
+    #[inline(always)]
+    fn codes(row: &[u8]) -> Self::Loaded {
+        assert!(row.len() >= 16);
+        // SAFETY: as in `weights`.
+        unsafe { std::arch::wasm32::v128_load(row.as_ptr().cast()) }
+    }
+
+    #[inline(always)]
+    fn multiply_add(sums: Self::Sums, weights: Self::Loaded, codes: Self::Loaded) -> Self::Sums {
+        std::arch::wasm32::i32x4_relaxed_dot_i8x16_i7x16_add(weights, codes, sums)
+    }
+
+    #[inline(always)]
+    fn totals(sums: [Self::Sums; 4]) -> [i32; 4] {
+        lane_totals(sums)
+    }
+}
+
+/// [`accumulate`] with relaxed SIMD's dot product, compiled for relaxed SIMD as a whole (its
+/// instructions are only inlined into functions that enable the feature).
+#[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+#[target_feature(enable = "relaxed-simd")]
+pub(super) fn accumulate_relaxed(
+    y: &mut [f32],
+    weights: &[i8],
+    weight_scales: &[f32],
+    patches: &[u8],
+    scale: f32,
+) {
+    accumulate::<Relaxed>(y, weights, weight_scales, patches, scale);
 }
 
 #[cfg(test)]
@@ -278,8 +399,42 @@ mod tests {
         let (weights, patches) = operands(c_out, patch_len, positions);
         let weight_scales: Vec<f32> = (0..c_out).map(|c| 0.5 + c as f32 / 8.0).collect();
         let (scale, bias) = (0.25, 3.0);
-        let mut y = vec![bias; c_out * positions];
-        accumulate::<Portable>(&mut y, &weights, &weight_scales, &patches, scale);
+        for (kernel, y) in with_each_kernel(&weights, &weight_scales, &patches, scale, bias) {
+            expect_exact_sums(
+                &y,
+                kernel,
+                (&weights, &weight_scales, &patches),
+                (scale, bias),
+            );
+        }
+    }
+
+    /// `accumulate`'s output with each portable kernel, every output starting at `start`.
+    fn with_each_kernel(
+        weights: &[i8],
+        weight_scales: &[f32],
+        patches: &[u8],
+        scale: f32,
+        start: f32,
+    ) -> [(&'static str, Vec<f32>); 2] {
+        let len = weight_scales.len() * patches.len() / (weights.len() / weight_scales.len());
+        let mut plain = vec![start; len];
+        accumulate::<Portable>(&mut plain, weights, weight_scales, patches, scale);
+        let mut relaxed = vec![start; len];
+        accumulate::<PortableRelaxed>(&mut relaxed, weights, weight_scales, patches, scale);
+        [("plain", plain), ("relaxed", relaxed)]
+    }
+
+    /// Every output of `y` is `bias + scale * weight_scale * (exact dot product)`.
+    fn expect_exact_sums(
+        y: &[f32],
+        kernel: &str,
+        (weights, weight_scales, patches): (&[i8], &[f32], &[u8]),
+        (scale, bias): (f32, f32),
+    ) {
+        let c_out = weight_scales.len();
+        let patch_len = weights.len() / c_out;
+        let positions = patches.len() / patch_len;
         for c in 0..c_out {
             for p in 0..positions {
                 let sum: i32 = (0..patch_len)
@@ -292,7 +447,7 @@ mod tests {
                 let got = y[c * positions + p];
                 assert!(
                     (got - expected).abs() <= 1e-6 * expected.abs().max(1.0),
-                    "channel {c}, position {p} of {c_out}x{patch_len}x{positions}: \
+                    "{kernel}: channel {c}, position {p} of {c_out}x{patch_len}x{positions}: \
                      {got} against {expected}"
                 );
             }
@@ -305,8 +460,9 @@ mod tests {
         for c_out in [4, 5, 6, 7, 8] {
             check(c_out, 64, 9);
         }
-        // Rows not a multiple of 8 long; a single position and channel.
+        // Rows not a multiple of 8 or 16 long; a single position and channel.
         check(6, 21, 5);
+        check(3, 40, 3);
         check(1, 3, 1);
         // Rows so long that the positions split into several blocks (two positions each).
         check(5, 40_000, 5);
@@ -314,8 +470,11 @@ mod tests {
         let (c_out, patch_len, positions) = (4, 4608, 2);
         let weights = vec![127i8; c_out * patch_len];
         let patches = vec![127u8; positions * patch_len];
-        let mut y = vec![0f32; c_out * positions];
-        accumulate::<Portable>(&mut y, &weights, &[1.0; 4], &patches, 1.0);
-        assert!(y.iter().all(|&v| v == (127 * 127 * 4608) as f32));
+        for (kernel, y) in with_each_kernel(&weights, &[1.0; 4], &patches, 1.0, 0.0) {
+            assert!(
+                y.iter().all(|&v| v == (127 * 127 * 4608) as f32),
+                "{kernel}: {y:?}"
+            );
+        }
     }
 }
