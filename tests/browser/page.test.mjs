@@ -318,6 +318,13 @@ test("the model card lists what the gate was checked on, in words", async () => 
   console.log(`gate checks on the card: ${shown.length}`);
 });
 
+test("the model card states the network's input as the card's preprocessing has it", async () => {
+  const input = await page.getByTestId("input").textContent();
+  const p = card.preprocessing;
+  assert.ok(input.includes(`${p.resize_shorter} pixels`) && input.includes(`${p.crop}x${p.crop}`), input);
+  assert.equal(input.includes("histogram-equalised"), Boolean(p.equalize), input);
+});
+
 test("the model card shows each evaluation per source and age group", async () => {
   const withGroups = (card.evaluations ?? []).filter((e) => (e.groups ?? []).length > 1);
   const tables = page.getByTestId("evaluation-groups");

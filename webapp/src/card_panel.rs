@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use leptos::prelude::*;
-use pneumoscope::card::{Evaluation, GroupEvaluation};
-use pneumoscope::ModelCard;
+use pneumoscope::card::{AveragedModel, Evaluation, GroupEvaluation};
+use pneumoscope::{ModelCard, Preprocessing};
 
 fn score(value: f64) -> String {
     format!("{value:.3}")
@@ -104,6 +104,44 @@ fn EvaluationView(evaluation: Evaluation) -> impl IntoView {
             {gate.map(|text| view! { <p>{text}</p> })}
         </div>
     }
+}
+
+/// What the network is shown, from the card's preprocessing.
+fn input_description(preprocessing: &Preprocessing) -> String {
+    format!(
+        "Input: resized to {} pixels on the shorter side, the centre {c}x{c} crop{}, normalised with mean {:?} and standard deviation {:?}.",
+        preprocessing.resize_shorter,
+        if preprocessing.equalize {
+            ", histogram-equalised"
+        } else {
+            ""
+        },
+        preprocessing.mean,
+        preprocessing.std,
+        c = preprocessing.crop,
+    )
+}
+
+/// The models a weight average was made of (`trainer average`), if it is one.
+fn average_description(models: &[AveragedModel]) -> Option<String> {
+    (!models.is_empty()).then(|| {
+        let parts = models
+            .iter()
+            .map(|m| {
+                format!(
+                    "{:.2} x {} (SHA-256 {})",
+                    m.share,
+                    m.dtype,
+                    &m.sha256[..m.sha256.len().min(12)]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" + ");
+        format!(
+            "Weights: the average of {} models fine-tuned from one another: {parts}.",
+            models.len()
+        )
+    })
 }
 
 #[component]
@@ -207,7 +245,9 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             <p class="disclaimer">"A research tool, not a diagnostic device."</p>
             <p>{format!("Architecture: {}. Classes: {}.", card.architecture, card.classes.join(", "))}</p>
             <p>{format!("Intended use: {}", card.intended_use)}</p>
+            <p data-testid="input">{input_description(&card.preprocessing)}</p>
             {training}
+            {average_description(&card.averaged_from).map(|a| view! { <p>{a}</p> })}
             {temperature.map(|t| view! { <p>{t}</p> })}
             {gate.map(|g| view! { <p>{g}</p> })}
             {has_operating_points.then(|| view! { <p>"Operating points (each class against the rest; a result shows whether it is at or above its class's threshold):"</p> })}

@@ -177,70 +177,39 @@ impl Out<'_> {
     }
 }
 
-/// The same sums as `i32x4.dot_i16x8_s`, lane by lane.
+/// The same sums as the wasm instructions, lane by lane: `N` products summed in consecutive
+/// groups of `N / 4` into four lanes. `Portable<8>` is `i32x4.dot_i16x8_s`, `Portable<16>`
+/// `i32x4.relaxed_dot_i8x16_i7x16_add_s` (whose second operand is 7 bits: a code with the top
+/// bit set has no defined product, so none may reach it).
 #[cfg(test)]
-pub(super) struct Portable;
+pub(super) struct Portable<const N: usize>;
 
 #[cfg(test)]
-impl Dot for Portable {
-    const WIDTH: usize = 8;
-    type Loaded = [i32; 8];
+impl<const N: usize> Dot for Portable<N> {
+    const WIDTH: usize = N;
+    type Loaded = [i32; N];
     type Sums = [i32; 4];
 
     fn zero() -> [i32; 4] {
         [0; 4]
     }
 
-    fn weights(row: &[i8]) -> [i32; 8] {
+    fn weights(row: &[i8]) -> [i32; N] {
         std::array::from_fn(|i| i32::from(row[i]))
     }
 
-    fn codes(row: &[u8]) -> [i32; 8] {
-        std::array::from_fn(|i| i32::from(row[i]))
-    }
-
-    fn multiply_add(sums: [i32; 4], w: [i32; 8], a: [i32; 8]) -> [i32; 4] {
-        std::array::from_fn(|j| {
-            sums[j].wrapping_add(w[2 * j] * a[2 * j] + w[2 * j + 1] * a[2 * j + 1])
-        })
-    }
-
-    fn totals(sums: [[i32; 4]; 4]) -> [i32; 4] {
-        sums.map(|lanes| lanes.iter().sum())
-    }
-}
-
-/// The same sums as `i32x4.relaxed_dot_i8x16_i7x16_add_s` on 7-bit codes, lane by lane.
-#[cfg(test)]
-pub(super) struct PortableRelaxed;
-
-#[cfg(test)]
-impl Dot for PortableRelaxed {
-    const WIDTH: usize = 16;
-    type Loaded = [i32; 16];
-    type Sums = [i32; 4];
-
-    fn zero() -> [i32; 4] {
-        [0; 4]
-    }
-
-    fn weights(row: &[i8]) -> [i32; 16] {
-        std::array::from_fn(|i| i32::from(row[i]))
-    }
-
-    fn codes(row: &[u8]) -> [i32; 16] {
-        // The instruction's second operand is 7 bits: a code with the top bit set has no
-        // defined product.
+    fn codes(row: &[u8]) -> [i32; N] {
         std::array::from_fn(|i| {
             assert!(row[i] < 128, "activation codes are 7-bit");
             i32::from(row[i])
         })
     }
 
-    fn multiply_add(sums: [i32; 4], w: [i32; 16], a: [i32; 16]) -> [i32; 4] {
+    fn multiply_add(sums: [i32; 4], w: [i32; N], a: [i32; N]) -> [i32; 4] {
+        let group = N / 4;
         std::array::from_fn(|j| {
-            let four: i32 = (4 * j..4 * j + 4).map(|i| w[i] * a[i]).sum();
-            sums[j].wrapping_add(four)
+            let products: i32 = (j * group..(j + 1) * group).map(|i| w[i] * a[i]).sum();
+            sums[j].wrapping_add(products)
         })
     }
 
@@ -419,9 +388,9 @@ mod tests {
     ) -> [(&'static str, Vec<f32>); 2] {
         let len = weight_scales.len() * patches.len() / (weights.len() / weight_scales.len());
         let mut plain = vec![start; len];
-        accumulate::<Portable>(&mut plain, weights, weight_scales, patches, scale);
+        accumulate::<Portable<8>>(&mut plain, weights, weight_scales, patches, scale);
         let mut relaxed = vec![start; len];
-        accumulate::<PortableRelaxed>(&mut relaxed, weights, weight_scales, patches, scale);
+        accumulate::<Portable<16>>(&mut relaxed, weights, weight_scales, patches, scale);
         [("plain", plain), ("relaxed", relaxed)]
     }
 
