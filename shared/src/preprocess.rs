@@ -2,6 +2,8 @@
 //! `Resize(256, bilinear, antialias=True)`, `CenterCrop(224)`, then `Normalize(mean, std)`.
 
 use image::Rgb32FImage;
+
+use crate::float::{larger, smaller};
 use serde::{Deserialize, Serialize};
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -211,10 +213,12 @@ const LEVELS: usize = 256;
 
 /// Histogram equalisation of one plane in [0, 1]: each value becomes the share of the plane at
 /// or below its grey level, counted from the darkest level present (which maps to 0; the
-/// brightest maps to 1). Any monotonic change of brightness, contrast or gamma (a hospital's
-/// exposure and processing) leaves the result as it was. A plane of one level is left as it is.
+/// brightest maps to 1). An increasing change of brightness, contrast or gamma (a hospital's
+/// exposure and processing) gives the same result, up to levels it merges or splits among the
+/// 256. A plane of one level is left as it is.
 pub fn equalize(plane: &mut [f32]) {
-    let level = |v: f32| (v.clamp(0.0, 1.0) * (LEVELS - 1) as f32 + 0.5) as usize;
+    // `smaller`/`larger`: no libm call per value in wasm (`crate::float`); NaN goes to level 0.
+    let level = |v: f32| (smaller(larger(v, 0.0), 1.0) * (LEVELS - 1) as f32 + 0.5) as usize;
     let mut at_or_below = [0usize; LEVELS];
     for &v in plane.iter() {
         at_or_below[level(v)] += 1;

@@ -12,7 +12,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { serve, launch, modelState, finishedItems, median } from "./harness.mjs";
+import { serve, launch, modelState, finishedItems, median, fetchedBeforeServiceWorker } from "./harness.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const IMAGES = (process.env.IMAGES ?? "").split(":").filter(Boolean);
@@ -65,11 +65,7 @@ async function ours(browser, crop, build) {
   const maps = performance.now() - mapsStart;
   const failed = items.filter((i) => i.status !== "done");
   if (failed.length) throw new Error(`not classified: ${failed.map((i) => i.name).join(", ")}`);
-  // Which build the page's workers ran: what was fetched before the service worker (whose
-  // install caches the browser's own pick) registered.
-  const swAt = server.log.findIndex((r) => r.url.startsWith("/sw.js"));
-  const beforeSw = swAt < 0 ? server.log : server.log.slice(0, swAt);
-  const worker = beforeSw.some((r) => r.url.includes("worker_relaxed_bg.wasm")) ? "relaxed" : "baseline";
+  const worker = fetchedBeforeServiceWorker(server).includes("/worker_relaxed_bg.wasm") ? "relaxed" : "baseline";
   const stages = {};
   for (const name of Object.keys(items[0].stages)) stages[name] = median(items.map((i) => i.stages[name] ?? 0));
   await context.close();

@@ -126,4 +126,13 @@ export async function finishedItems(page, count, timeout = 300_000, polling = 20
 }
 
 /** The middle value (the upper one of an even count), for the benchmarks' tables. */
+/** The paths `server` was asked for since its log held `from` entries, up to the service
+ * worker's registration (whose install fetches every file again, and caches the worker build
+ * the browser itself would pick). */
+export function fetchedBeforeServiceWorker(server, from = 0) {
+  const paths = server.log.slice(from).map((r) => new URL(r.url, server.origin).pathname);
+  const sw = paths.indexOf("/sw.js");
+  return sw < 0 ? paths : paths.slice(0, sw);
+}
+
 export const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];

@@ -12,7 +12,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { tmpdir } from "node:os";
 import AxeBuilder from "@axe-core/playwright";
-import { serve, launch, modelState, finishedItems, workersReady } from "./harness.mjs";
+import { serve, launch, modelState, finishedItems, workersReady, fetchedBeforeServiceWorker } from "./harness.mjs";
 
 const env = (name) => {
   const value = process.env[name];
@@ -142,16 +142,8 @@ test("the page classifies radiographs exactly like trainer predict, bad files fa
   }
 });
 
-/** The paths `server` was asked for since its log held `from` entries, up to the service
- * worker's registration (whose install fetches every file again). */
-function fetchedBeforeServiceWorker(from = 0) {
-  const paths = server.log.slice(from).map((r) => new URL(r.url, server.origin).pathname);
-  const sw = paths.indexOf("/sw.js");
-  return sw < 0 ? paths : paths.slice(0, sw);
-}
-
 test("Chromium runs the relaxed-SIMD worker build; ?simd=baseline the plain one, with the same answers", async () => {
-  const relaxed = fetchedBeforeServiceWorker();
+  const relaxed = fetchedBeforeServiceWorker(server);
   assert.ok(
     relaxed.includes("/worker_relaxed_bg.wasm") && !relaxed.includes("/worker_bg.wasm"),
     `the page's workers fetched: ${relaxed.join(" ")}`,
@@ -164,7 +156,7 @@ test("Chromium runs the relaxed-SIMD worker build; ?simd=baseline the plain one,
     assert.equal(await modelState(baseline), "ready", "the baseline build did not load");
     await baseline.getByTestId("file-input").setInputFiles(IMAGES);
     const items = await finishedItems(baseline, IMAGES.length);
-    const fetched = fetchedBeforeServiceWorker(mark);
+    const fetched = fetchedBeforeServiceWorker(server, mark);
     assert.ok(
       fetched.includes("/worker_bg.wasm") && !fetched.includes("/worker_relaxed_bg.wasm"),
       `with ?simd=baseline the workers fetched: ${fetched.join(" ")}`,

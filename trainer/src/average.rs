@@ -108,7 +108,7 @@ pub fn average_tensors(models: &[(f64, &Checkpoint)]) -> Result<HashMap<String, 
                 None => term,
             });
         }
-        averaged.insert(name, sum.expect("at least two models"));
+        averaged.insert(name, sum.expect("models is not empty"));
     }
     Ok(averaged)
 }

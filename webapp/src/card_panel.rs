@@ -6,6 +6,12 @@ use leptos::prelude::*;
 use pneumoscope::card::{AveragedModel, Evaluation, GroupEvaluation};
 use pneumoscope::{ModelCard, Preprocessing};
 
+/// A hash's first 12 characters, for display (by characters: a card's text is not trusted to be
+/// ASCII, and slicing a string by bytes can panic).
+fn short_hash(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
+
 fn score(value: f64) -> String {
     format!("{value:.3}")
 }
@@ -132,7 +138,7 @@ fn average_description(models: &[AveragedModel]) -> Option<String> {
                     "{:.2} x {} (SHA-256 {})",
                     m.share,
                     m.dtype,
-                    &m.sha256[..m.sha256.len().min(12)]
+                    short_hash(&m.sha256)
                 )
             })
             .collect::<Vec<_>>()
@@ -224,7 +230,7 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             card.weights.dtype,
             card.weights.bytes as f64 / 1e6,
             q.from_dtype,
-            &q.from_sha256[..q.from_sha256.len().min(12)],
+            short_hash(&q.from_sha256),
             q.scheme
         )
     });
