@@ -17,7 +17,7 @@ use pneumoscope::card::{sha256_hex, AveragedModel, ModelCard, WeightsInfo};
 use pneumoscope::checkpoint::{add_batches_tracked, to_safetensors_bytes, write_atomic};
 use pneumoscope::Checkpoint;
 
-use crate::predict::{load_card, load_classifier};
+use crate::predict::{load_checkpoint, load_classifier};
 
 /// Tensors of the out-of-distribution gate (`pneumoscope::ood`), fitted per network.
 const GATE_PREFIX: &str = "ood.";
@@ -175,16 +175,9 @@ pub fn run(args: &AverageArgs) -> Result<ModelCard> {
     let mut cards = Vec::with_capacity(args.card.len());
     let mut checkpoints = Vec::with_capacity(args.weights.len());
     for (weights, card_path) in args.weights.iter().zip(&args.card) {
-        let bytes =
-            std::fs::read(weights).with_context(|| format!("reading {}", weights.display()))?;
-        let card = load_card(card_path)?;
-        card.verify_weights(&bytes)
-            .with_context(|| format!("{} against {}", weights.display(), card_path.display()))?;
-        checkpoints.push(
-            Checkpoint::from_bytes(&bytes, &device)
-                .with_context(|| format!("loading {}", weights.display()))?,
-        );
-        cards.push(card);
+        let (checkpoint, card) = load_checkpoint(weights, Some(card_path), &device)?;
+        checkpoints.push(checkpoint);
+        cards.push(card.expect("load_checkpoint returns the card it is given"));
     }
     let models: Vec<(f64, &Checkpoint)> = shares.iter().copied().zip(&checkpoints).collect();
     let mut tensors = average_tensors(&models)?;

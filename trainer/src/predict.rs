@@ -110,6 +110,16 @@ pub fn load_card(path: &Path) -> Result<ModelCard> {
 
 /// Loads weights (and the card, checking the weights' SHA-256 against it) into a classifier.
 pub fn load_classifier(weights: &Path, card: Option<&Path>, device: &Device) -> Result<Classifier> {
+    let (checkpoint, card) = load_checkpoint(weights, card, device)?;
+    Ok(Classifier::new(checkpoint, card.as_ref(), device)?)
+}
+
+/// Reads weights, and their card when given, checking the weights' SHA-256 against it.
+pub fn load_checkpoint(
+    weights: &Path,
+    card: Option<&Path>,
+    device: &Device,
+) -> Result<(Checkpoint, Option<ModelCard>)> {
     let bytes =
         std::fs::read(weights).with_context(|| format!("reading weights {}", weights.display()))?;
     let card = match card {
@@ -123,7 +133,7 @@ pub fn load_classifier(weights: &Path, card: Option<&Path>, device: &Device) -> 
     };
     let checkpoint = Checkpoint::from_bytes(&bytes, device)
         .with_context(|| format!("loading {}", weights.display()))?;
-    Ok(Classifier::new(checkpoint, card.as_ref(), device)?)
+    Ok((checkpoint, card))
 }
 
 /// Reads and classifies one file, reframed at `zoom` (1: as it is, see `framing::reframe`); a
