@@ -165,6 +165,11 @@ impl Classifier {
         &self.preprocessing
     }
 
+    /// Where the model's weights live.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Decodes, preprocesses and classifies one image file's bytes.
     pub fn classify_bytes(&self, bytes: &[u8]) -> Result<Prediction> {
         self.classify_image(&decode_rgb(bytes)?)

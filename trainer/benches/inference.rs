@@ -10,6 +10,10 @@
 //! int8 products (what the shipped int8 file computes with, here and in the page) and with f32
 //! products (the same weights, as a float file would compute). Threads:
 //! candle's default (all cores); `RAYON_NUM_THREADS=1` pins both sides to one.
+//!
+//! A folder, last: the same radiographs classified as `trainer predict` and `evaluate` run a
+//! folder (an image per thread, `trainer::parallel`), everything per image, beside
+//! onnxruntime's forward pass alone in batches of as many images as threads.
 
 mod common;
 
@@ -21,6 +25,7 @@ use candle_core::{Device, Tensor};
 use pneumoscope::decode::decode_rgb;
 use pneumoscope::stage_times::{StageTimes, Stopwatch};
 use pneumoscope::{Checkpoint, Classifier, ModelCard};
+use trainer::parallel::map_per_image;
 
 const CROPS: [u32; 3] = [112, 176, 224];
 const IMAGES_PER_CLASS: usize = 5;
@@ -140,10 +145,29 @@ fn bench_crop(
     }
 }
 
+/// Milliseconds per image, everything from the file's bytes on, when `REPEATS` copies of
+/// `images` are classified as a folder (an image per thread), after one warm-up pass.
+fn bench_folder(card: &ModelCard, crop: u32, images: &[(String, Vec<u8>)]) -> f64 {
+    let classifier = classifier(card, crop, true);
+    let files: Vec<&[u8]> = (0..REPEATS)
+        .flat_map(|_| images.iter().map(|(_, bytes)| bytes.as_slice()))
+        .collect();
+    let classify_all = |files: &[&[u8]]| {
+        map_per_image(files, &Device::Cpu, |bytes| {
+            classifier.classify_bytes(bytes).unwrap().top
+        })
+    };
+    classify_all(&files[..images.len()]);
+    let start = Instant::now();
+    classify_all(&files);
+    start.elapsed().as_secs_f64() * 1000.0 / files.len() as f64
+}
+
 #[derive(serde::Deserialize)]
 struct PeerResult {
     crop: u32,
     median_ms: f64,
+    batched_per_image_ms: f64,
     max_logit_diff: f64,
     onnxruntime: String,
 }
@@ -254,6 +278,33 @@ fn main() {
                     p.max_logit_diff
                 );
             }
+            println!();
+            print_folder(&card, &images, threads, &peers);
         }
+    }
+}
+
+fn print_folder(
+    card: &ModelCard,
+    images: &[(String, Vec<u8>)],
+    threads: usize,
+    peers: &[PeerResult],
+) {
+    println!(
+        "| a folder, {threads} thread(s) | ours, int8 products: everything per image (an image per thread) | onnxruntime: forward per image (batches of {threads}) | onnxruntime: forward, one image at a time | ours / onnxruntime's faster |"
+    );
+    println!("|---|---|---|---|---|");
+    for &crop in &CROPS {
+        let Some(p) = peers.iter().find(|p| p.crop == crop) else {
+            continue;
+        };
+        let ours = bench_folder(card, crop, images);
+        let peer = p.batched_per_image_ms.min(p.median_ms);
+        println!(
+            "| {crop}x{crop} | {ours:.1} ms | {:.1} ms | {:.1} ms | {:.2}x |",
+            p.batched_per_image_ms,
+            p.median_ms,
+            ours / peer
+        );
     }
 }

@@ -306,12 +306,17 @@ pub fn stratified_split(
     (train, validation)
 }
 
-/// Images per source among `indices`, sorted by source name.
-pub fn source_counts(samples: &[Sample], indices: &[usize]) -> Vec<(String, usize)> {
+/// Images per source (and acquisition batch, with `by_batch`: `Provenance::group`) among
+/// `indices`, sorted by name.
+pub fn source_counts(
+    samples: &[Sample],
+    indices: &[usize],
+    by_batch: bool,
+) -> Vec<(String, usize)> {
     let mut counts = std::collections::BTreeMap::new();
     for &i in indices {
         *counts
-            .entry(samples[i].provenance.source.clone())
+            .entry(samples[i].provenance.group(by_batch))
             .or_insert(0) += 1;
     }
     counts.into_iter().collect()

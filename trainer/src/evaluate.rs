@@ -14,6 +14,7 @@ use pneumoscope::operating_point::OneVsRest;
 use pneumoscope::Classifier;
 
 use crate::data::{ImageFolder, Sample};
+use crate::parallel::map_per_image;
 use crate::plots;
 use crate::predict::{classify_file, ComputeArgs};
 
@@ -143,8 +144,11 @@ pub fn evaluate_folder(
     let mut logits = Vec::new();
     let mut flagged = 0usize;
     let mut failed = Vec::new();
-    for sample in &folder.samples {
-        match classify_file(classifier, &sample.path, zoom) {
+    let predictions = map_per_image(&folder.samples, classifier.device(), |sample| {
+        classify_file(classifier, &sample.path, zoom)
+    });
+    for (sample, prediction) in folder.samples.iter().zip(predictions) {
+        match prediction {
             Ok(prediction) => {
                 pairs.push((sample.label, prediction.top));
                 classified.push((sample, prediction.top));

@@ -12,6 +12,7 @@ use pneumoscope::checkpoint::write_atomic;
 use pneumoscope::ood::GateRejection;
 use pneumoscope::{Classifier, ModelCard};
 
+use crate::parallel::map_per_image;
 use crate::predict::{classify_file, load_classifier};
 
 /// The optional file in a check-gate folder that describes its kinds.
@@ -69,8 +70,12 @@ fn check_kind(
     dir: &Path,
 ) -> Result<GateRejection> {
     let (mut flagged, mut total) = (0, 0);
-    for file in sorted_entries(dir, Path::is_file)? {
-        match classify_file(classifier, &file, 1.0) {
+    let files = sorted_entries(dir, Path::is_file)?;
+    let predictions = map_per_image(&files, classifier.device(), |file| {
+        classify_file(classifier, file, 1.0)
+    });
+    for (file, prediction) in files.iter().zip(predictions) {
+        match prediction {
             Ok(prediction) => {
                 total += 1;
                 flagged += usize::from(prediction.in_distribution == Some(false));

@@ -28,6 +28,7 @@ pub mod framing;
 pub mod gate;
 pub mod gate_check;
 pub mod optim;
+pub mod parallel;
 pub mod plots;
 pub mod predict;
 pub mod provenance;

@@ -17,6 +17,7 @@ use pneumoscope::{Checkpoint, Classifier, ModelCard, Prediction};
 use serde::Serialize;
 
 use crate::framing::reframe;
+use crate::parallel::map_per_image;
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -300,10 +301,11 @@ pub fn run(args: &PredictArgs, device: &Device) -> Result<bool> {
         }
         (None, _) => None,
     };
-    let (results, entries): (Vec<ImageResult>, Vec<Option<ReportEntry>>) = args
-        .images
-        .iter()
-        .map(|p| classify(&classifier, p, report_card.as_ref()))
+    let (results, entries): (Vec<ImageResult>, Vec<Option<ReportEntry>>) =
+        map_per_image(&args.images, device, |p| {
+            classify(&classifier, p, report_card.as_ref())
+        })
+        .into_iter()
         .unzip();
     if let (Some(dir), Some(card)) = (&args.report, &report_card) {
         let entries: Vec<ReportEntry> = entries.into_iter().flatten().collect();

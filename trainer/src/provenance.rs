@@ -21,6 +21,29 @@ pub struct Provenance {
     pub source: String,
     /// "adult" or "pediatric" where the manifest says; unknown otherwise.
     pub age_group: Option<String>,
+    /// The acquisition batch within the source where the manifest's `origin` column tells it:
+    /// the upstream folder above the class folder, e.g. Kermany's own `dataset/test` collection,
+    /// whose films are framed and exposed unlike its `dataset/train`.
+    pub batch: Option<String>,
+}
+
+impl Provenance {
+    /// The source, or the source and its acquisition batch with `by_batch` where known: what the
+    /// balanced sampler weighs alike.
+    pub fn group(&self, by_batch: bool) -> String {
+        match (&self.batch, by_batch) {
+            (Some(batch), true) => format!("{}:{batch}", self.source),
+            _ => self.source.clone(),
+        }
+    }
+}
+
+/// `repo:dataset/test` for `repo:dataset/test/NORMAL/IM-0001.jpeg`: the origin without its class
+/// folder and file name.
+fn origin_batch(origin: &str) -> Option<String> {
+    let mut parts = origin.rsplitn(3, '/');
+    let (_file, _class, batch) = (parts.next()?, parts.next()?, parts.next()?);
+    (!batch.is_empty()).then(|| batch.to_string())
 }
 
 /// Rows of a data set's manifest, by file path relative to the manifest's folder.
@@ -46,7 +69,7 @@ impl Manifest {
     }
 
     /// Parses a comma-separated manifest with a header row naming `file`, `source` and
-    /// optionally `age_group`.
+    /// optionally `age_group` and `origin`.
     pub fn parse(dir: &Path, text: &str) -> Result<Self> {
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());
         let header: Vec<&str> = lines
@@ -59,7 +82,7 @@ impl Manifest {
         let (Some(file), Some(source)) = (column("file"), column("source")) else {
             bail!("the manifest's header has no `file` and `source` columns: {header:?}");
         };
-        let age_group = column("age_group");
+        let (age_group, origin) = (column("age_group"), column("origin"));
         let mut rows = HashMap::new();
         for (number, line) in lines.enumerate() {
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
@@ -76,6 +99,7 @@ impl Manifest {
                 age_group: age_group
                     .map(|c| fields[c].to_string())
                     .filter(|a| !a.is_empty()),
+                batch: origin.and_then(|c| origin_batch(fields[c])),
             };
             rows.insert(fields[file].to_string(), provenance);
         }
@@ -96,6 +120,7 @@ impl Manifest {
             None => Provenance {
                 source: source_from_name(path).unwrap_or_else(|| dataset_name(root)),
                 age_group: None,
+                batch: None,
             },
         }
     }
@@ -135,14 +160,22 @@ mod tests {
     fn manifest_rows_win_then_file_prefix_then_dataset_name() {
         let manifest = Manifest::parse(
             Path::new("/data/cxr"),
-            "file,split,label,source,age_group\n\
-             test/Normal/kermany__01.jpg,test,Normal,kermany,pediatric\n",
+            "file,split,label,source,age_group,origin\n\
+             test/Normal/kermany__01.jpg,test,Normal,kermany,pediatric,u/r:dataset/test/NORMAL/a.jpeg\n\
+             test/Normal/kermany__02.jpg,test,Normal,kermany,pediatric,a.jpeg\n",
         )
         .unwrap();
         let root = Path::new("/data/cxr/test");
         let listed = manifest.provenance(root, Path::new("/data/cxr/test/Normal/kermany__01.jpg"));
         assert_eq!(listed.source, "kermany");
         assert_eq!(listed.age_group.as_deref(), Some("pediatric"));
+        assert_eq!(listed.batch.as_deref(), Some("u/r:dataset/test"));
+        assert_eq!(listed.group(false), "kermany");
+        assert_eq!(listed.group(true), "kermany:u/r:dataset/test");
+        // An origin without a class folder above the file names no batch.
+        let flat = manifest.provenance(root, Path::new("/data/cxr/test/Normal/kermany__02.jpg"));
+        assert_eq!(flat.batch, None);
+        assert_eq!(flat.group(true), "kermany");
         let prefixed =
             manifest.provenance(root, Path::new("/data/cxr/test/Normal/tb-other__9.jpg"));
         assert_eq!(prefixed.source, "tb-other");

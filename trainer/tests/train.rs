@@ -51,6 +51,7 @@ fn args(data: &Path, out: &Path, epochs: usize) -> TrainArgs {
         val_data: Vec::new(),
         balance: Balance::None,
         source_power: 0.5,
+        balance_batches: false,
         samples_per_epoch: 0,
         crop_area_min: 1.0,
         aspect_max: 1.0,

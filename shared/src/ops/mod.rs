@@ -17,13 +17,14 @@ mod matmul;
 pub mod max_pool;
 pub mod residual;
 
-/// Threads for one image's work: candle's count natively (RAYON_NUM_THREADS), one in the
-/// page's worker.
+/// Threads for one image's work: the current rayon pool's natively (the global one sized by
+/// RAYON_NUM_THREADS, or a one-thread pool per image when a folder runs an image per core), one
+/// in the page's worker.
 pub(crate) fn threads() -> usize {
     if cfg!(target_arch = "wasm32") {
         1
     } else {
-        candle_core::utils::get_num_threads()
+        rayon::current_num_threads()
     }
 }
 

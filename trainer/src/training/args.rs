@@ -65,6 +65,12 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.5)]
     #[serde(default)]
     pub source_power: f64,
+    /// With --balance, weigh each acquisition batch of a source (the manifest's `origin` folder
+    /// above the class folder, e.g. Kermany's own train and test collections) as a source of its
+    /// own, so a small batch that looks unlike the rest is not drowned by it.
+    #[arg(long)]
+    #[serde(default)]
+    pub balance_batches: bool,
     /// Images drawn per epoch with --balance (0: as many as the training set has).
     #[arg(long, default_value_t = 0)]
     #[serde(default)]

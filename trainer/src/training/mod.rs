@@ -249,7 +249,7 @@ pub fn prepare_data(args: &TrainArgs, caching: &Preprocessing) -> Result<Prepare
     }
     images.record.train_per_class = class_counts(&labels, &train, num_classes);
     images.record.validation_per_class = class_counts(&labels, &validation, num_classes);
-    images.record.train_per_source = source_counts(&images.samples, &train);
+    images.record.train_per_source = source_counts(&images.samples, &train, args.balance_batches);
     Ok(PreparedData {
         images,
         train,
@@ -371,10 +371,11 @@ fn sampler_for(
         Balance::None => None,
         balance @ (Balance::ClassSource | Balance::ClassSourceGroup) => {
             let labels: Vec<usize> = train_idx.iter().map(|&i| images.samples[i].label).collect();
-            let sources: Vec<&str> = train_idx
+            let groups: Vec<String> = train_idx
                 .iter()
-                .map(|&i| images.samples[i].provenance.source.as_str())
+                .map(|&i| images.samples[i].provenance.group(args.balance_batches))
                 .collect();
+            let sources: Vec<&str> = groups.iter().map(String::as_str).collect();
             Some(BalancedSampler::new(
                 &labels,
                 &sources,
