@@ -125,7 +125,6 @@ export async function finishedItems(page, count, timeout = 300_000, polling = 20
   );
 }
 
-/** The middle value (the upper one of an even count), for the benchmarks' tables. */
 /** The paths `server` was asked for since its log held `from` entries, up to the service
  * worker's registration (whose install fetches every file again, and caches the worker build
  * the browser itself would pick). */
@@ -135,4 +134,5 @@ export function fetchedBeforeServiceWorker(server, from = 0) {
   return sw < 0 ? paths : paths.slice(0, sw);
 }
 
+/** The middle value (the upper one of an even count), for the benchmarks' tables. */
 export const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
