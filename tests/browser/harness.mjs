@@ -125,11 +125,15 @@ export async function finishedItems(page, count, timeout = 300_000, polling = 20
   );
 }
 
-/** The paths `server` was asked for since its log held `from` entries, up to the service
- * worker's registration (whose install fetches every file again, and caches the worker build
- * the browser itself would pick). */
+/** The paths `server` was asked for since its log held `from` entries. */
+export function fetchedPaths(server, from = 0) {
+  return server.log.slice(from).map((r) => new URL(r.url, server.origin).pathname);
+}
+
+/** `fetchedPaths` up to the service worker's registration (whose install fetches every file
+ * again, and caches the worker build the browser itself would pick). */
 export function fetchedBeforeServiceWorker(server, from = 0) {
-  const paths = server.log.slice(from).map((r) => new URL(r.url, server.origin).pathname);
+  const paths = fetchedPaths(server, from);
   const sw = paths.indexOf("/sw.js");
   return sw < 0 ? paths : paths.slice(0, sw);
 }
