@@ -123,8 +123,11 @@ impl Classifier {
         let mut model = checkpoint.into_model(device)?;
         model.fold_batch_norms()?;
         // Other devices run candle's f32 ops whatever the codes (`conv2d_infer`).
-        if int8_kernels && device.is_cpu() {
-            model.use_int8_products()?;
+        if device.is_cpu() {
+            model.use_grey_stem(preprocessing.mean, preprocessing.std)?;
+            if int8_kernels {
+                model.use_int8_products()?;
+            }
         }
         Ok(Self {
             model,

@@ -10,6 +10,7 @@ use crate::ops::batch_norm::batch_norm_train;
 use crate::ops::conv::conv2d_train;
 use crate::ops::conv_infer::conv2d_infer;
 use crate::ops::conv_int8::Int8Weight;
+use crate::ops::grey_stem::GreyStem;
 use crate::ops::max_pool::stem_max_pool;
 use crate::ops::residual::add_relu;
 use crate::stage_times::Stopwatch;
@@ -212,6 +213,8 @@ impl Bottleneck {
 #[derive(Debug, Clone)]
 pub struct ResNet50 {
     stem: ConvBn,
+    /// The stem as a one-channel convolution for grey images, once `use_grey_stem` has run.
+    grey_stem: Option<Arc<GreyStem>>,
     stages: Vec<Vec<Bottleneck>>,
     fc: Linear,
     num_classes: usize,
@@ -245,6 +248,7 @@ impl ResNet50 {
         );
         Ok(Self {
             stem,
+            grey_stem: None,
             stages,
             fc,
             num_classes,
@@ -265,6 +269,28 @@ impl ResNet50 {
     pub fn use_int8_products(&mut self) -> Result<()> {
         self.block_units_mut()
             .try_for_each(|unit| unit.use_int8_products())
+    }
+
+    /// In inference the stem reads only the first channel of a grey image from now on
+    /// (`ops::grey_stem`: a third of its products), given the mean and std the input was
+    /// normalised with; needs `fold_batch_norms` first. Other images take the full stem.
+    pub fn use_grey_stem(&mut self, mean: [f32; 3], std: [f32; 3]) -> Result<()> {
+        let ConvBn::Folded { conv, .. } = &self.stem else {
+            candle_core::bail!("a grey stem needs folded batch norms")
+        };
+        self.grey_stem = Some(Arc::new(GreyStem::new(conv, mean, std)?));
+        Ok(())
+    }
+
+    /// relu(stem(x)): one channel of a grey image when it can (`use_grey_stem`).
+    /// (N, 3, H, W) -> (N, 64, H/2, W/2)
+    fn stem_forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let Some(grey) = self.grey_stem.as_ref().filter(|_| !train) {
+            if let Some(y) = grey.forward(x)? {
+                return Ok(y);
+            }
+        }
+        self.stem.forward_t(x, train, true)
     }
 
     /// Every conv + batch norm of the bottleneck blocks (all but the stem's).
@@ -328,7 +354,7 @@ impl ResNet50 {
         train: bool,
         watch: &mut Stopwatch,
     ) -> Result<ResNetOutput> {
-        let x = self.stem.forward_t(x, train, true)?; // (N, 64, H/2, W/2)
+        let x = self.stem_forward(x, train)?; // (N, 64, H/2, W/2)
         let mut x = stem_max_pool(&x, train)?; // (N, 64, H/4, W/4)
         watch.lap("stem");
         let mut layer2_map = None;

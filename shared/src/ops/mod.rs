@@ -1,7 +1,8 @@
 //! The CPU kernels under the model: convolution as im2col + gemm, batch norm with its ReLU, the
 //! residual add + ReLU and the stem's max pool, each with its backward for training; the folded
-//! inference convolution with its bias, residual and ReLU; the matrix product and the slice
-//! helpers they share. Other devices run candle's own tensor ops instead.
+//! inference convolution with its bias, residual and ReLU (and the stem's one-channel form for
+//! grey images); the matrix product and the slice helpers they share. Other devices run
+//! candle's own tensor ops instead.
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
@@ -11,6 +12,7 @@ pub mod conv;
 pub mod conv_infer;
 pub mod conv_int8;
 mod cpu_slice;
+pub mod grey_stem;
 #[cfg(any(target_arch = "wasm32", test))]
 mod int8_rows;
 mod matmul;

@@ -1,0 +1,254 @@
+//! The folded stem (7x7 convolution, stride 2, with its ReLU) of a grey radiograph as a
+//! one-channel convolution: a third of its products.
+//!
+//! A grey image reaches the network as one plane normalised three ways: channel c is
+//! `a_c * x_0 + b_c` with `a_c = std_0 / std_c` and `b_c = (mean_0 - mean_c) / std_c`. The
+//! convolution of the three is then the convolution of `x_0` with `sum_c a_c W_c`, plus
+//! `sum_c b_c W_c` summed over the taps that fall inside the image: zero padding pads every
+//! channel with 0, not with `b_c`, so this term is one constant per output channel inside the
+//! image and other values along its border. It is computed once per input size and enters the
+//! fused op as its residual. The same outputs as the three-channel convolution, to float
+//! rounding.
+
+use std::sync::Mutex;
+
+use candle_core::{Result, Tensor};
+use candle_nn::Conv2d;
+
+use crate::ops::conv_infer::conv2d_infer;
+
+/// Largest difference (normalised units) between a channel and the first channel's value
+/// normalised the other way that still counts as grey: f32 rounding is about 1e-6, while one
+/// 8-bit step is 1 / 255 / 0.229 = 0.017.
+const GREY_TOLERANCE: f32 = 1e-4;
+
+#[derive(Debug)]
+pub struct GreyStem {
+    /// (C_out, 1, K, K) `sum_c a_c W_c`, with the folded bias.
+    conv: Conv2d,
+    /// `(a_1, b_1)`, `(a_2, b_2)`: channels 1 and 2 as functions of channel 0.
+    affine: [(f32, f32); 2],
+    /// (C_out, K + 1, K + 1) running sums of `sum_c b_c W_c` over taps, for rectangle sums.
+    offset_sums: Vec<f32>,
+    c_out: usize,
+    kernel: usize,
+    /// The border term for the last input size: ((H, W), (1, C_out, H_out, W_out)).
+    border: Mutex<Option<((usize, usize), Tensor)>>,
+}
+
+impl GreyStem {
+    /// From the folded stem convolution (C_out, 3, K, K) and the preprocessing's mean and std.
+    pub fn new(stem: &Conv2d, mean: [f32; 3], std: [f32; 3]) -> Result<Self> {
+        let (c_out, c_in, kernel, kernel_w) = stem.weight().dims4()?;
+        if c_in != 3 || kernel != kernel_w {
+            candle_core::bail!("a grey stem needs a square three-channel convolution");
+        }
+        if stem.bias().is_none() {
+            candle_core::bail!("a grey stem needs the folded stem (a convolution with a bias)");
+        }
+        let a = std.map(|s| std[0] / s);
+        let b: [f32; 3] = std::array::from_fn(|c| (mean[0] - mean[c]) / std[c]);
+        let weight: Vec<f32> = stem.weight().flatten_all()?.to_vec1()?;
+        let taps = kernel * kernel;
+        let mut grey = vec![0f32; c_out * taps];
+        let mut offsets = vec![0f32; c_out * taps];
+        for o in 0..c_out {
+            for t in 0..taps {
+                for c in 0..3 {
+                    let w = weight[(o * 3 + c) * taps + t];
+                    grey[o * taps + t] += a[c] * w;
+                    offsets[o * taps + t] += b[c] * w;
+                }
+            }
+        }
+        let device = stem.weight().device();
+        let conv = Conv2d::new(
+            Tensor::from_vec(grey, (c_out, 1, kernel, kernel), device)?,
+            stem.bias().cloned(),
+            *stem.config(),
+        );
+        Ok(Self {
+            conv,
+            affine: [(a[1], b[1]), (a[2], b[2])],
+            offset_sums: running_sums(&offsets, c_out, kernel),
+            c_out,
+            kernel,
+            border: Mutex::new(None),
+        })
+    }
+
+    /// relu(stem(x)) from `x`'s first channel when every image of `x` is grey; `None` when one
+    /// is not (its channels are not one plane normalised three ways), or when a gradient is to
+    /// reach `x` (the other channels would get none).
+    /// (N, 3, H, W) -> (N, C_out, H_out, W_out)
+    pub fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let (n, c, h, w) = x.dims4()?;
+        if c != 3 || x.track_op() || !self.is_grey(x)? {
+            return Ok(None);
+        }
+        let border = self.border(h, w, x.device())?;
+        let (_, _, h_out, w_out) = border.dims4()?;
+        let border = border.broadcast_as((n, self.c_out, h_out, w_out))?;
+        let first = x.narrow(1, 0, 1)?;
+        conv2d_infer(&first, &self.conv, None, Some(&border), true).map(Some)
+    }
+
+    fn is_grey(&self, x: &Tensor) -> Result<bool> {
+        let (_, _, h, w) = x.dims4()?;
+        let plane = h * w;
+        let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        Ok(values.chunks(3 * plane).all(|image| {
+            let (first, rest) = image.split_at(plane);
+            rest.chunks(plane)
+                .zip(self.affine)
+                .all(|(channel, (a, b))| {
+                    channel
+                        .iter()
+                        .zip(first)
+                        .all(|(&v, &x0)| (v - (a * x0 + b)).abs() <= GREY_TOLERANCE)
+                })
+        }))
+    }
+
+    /// The offset term for an (H, W) input: (1, C_out, H_out, W_out), kept for the next call.
+    fn border(&self, h: usize, w: usize, device: &candle_core::Device) -> Result<Tensor> {
+        let mut kept = self
+            .border
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the grey stem's lock is poisoned".into()))?;
+        if let Some(((kh, kw), border)) = kept.as_ref() {
+            if (*kh, *kw) == (h, w) {
+                return Ok(border.clone());
+            }
+        }
+        let config = self.conv.config();
+        let (stride, padding, k) = (config.stride, config.padding, self.kernel);
+        let out = |size: usize| (size + 2 * padding - k) / stride + 1;
+        let (h_out, w_out) = (out(h), out(w));
+        // The taps of output row `y` inside the input: ky in start..end.
+        let inside = |y: usize, size: usize| {
+            let top = (y * stride) as isize - padding as isize;
+            let start = (-top).clamp(0, k as isize) as usize;
+            let end = (size as isize - top).clamp(0, k as isize) as usize;
+            (start, end.max(start))
+        };
+        let side = k + 1;
+        let mut values = vec![0f32; self.c_out * h_out * w_out];
+        for (o, plane) in values.chunks_mut(h_out * w_out).enumerate() {
+            let sums = &self.offset_sums[o * side * side..][..side * side];
+            let at = |y: usize, x: usize| sums[y * side + x];
+            for oy in 0..h_out {
+                let (y0, y1) = inside(oy, h);
+                for ox in 0..w_out {
+                    let (x0, x1) = inside(ox, w);
+                    plane[oy * w_out + ox] = at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0);
+                }
+            }
+        }
+        let border = Tensor::from_vec(values, (1, self.c_out, h_out, w_out), device)?;
+        *kept = Some(((h, w), border.clone()));
+        Ok(border)
+    }
+}
+
+/// Per output channel, the (K + 1, K + 1) table of sums of `taps` (C_out, K, K) above and left
+/// of each corner: any rectangle of taps is then four lookups.
+fn running_sums(taps: &[f32], c_out: usize, k: usize) -> Vec<f32> {
+    let side = k + 1;
+    let mut sums = vec![0f32; c_out * side * side];
+    for o in 0..c_out {
+        let table = &mut sums[o * side * side..][..side * side];
+        for y in 0..k {
+            for x in 0..k {
+                table[(y + 1) * side + x + 1] =
+                    taps[(o * k + y) * k + x] + table[y * side + x + 1] + table[(y + 1) * side + x]
+                        - table[y * side + x];
+            }
+        }
+    }
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::Conv2dConfig;
+
+    const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+    const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+    fn spread(i: usize, seed: usize) -> f32 {
+        (((i * 2_654_435_761 + seed) >> 5) % 1000) as f32 / 1000.0
+    }
+
+    /// A stem-like folded convolution: (5, 3, 7, 7), stride 2, padding 3, with a bias.
+    fn stem() -> Conv2d {
+        let weight: Vec<f32> = (0..5 * 3 * 49).map(|i| spread(i, 1) - 0.5).collect();
+        let bias: Vec<f32> = (0..5).map(|i| spread(i, 2) - 0.5).collect();
+        let config = Conv2dConfig {
+            padding: 3,
+            stride: 2,
+            ..Default::default()
+        };
+        Conv2d::new(
+            Tensor::from_vec(weight, (5, 3, 7, 7), &Device::Cpu).unwrap(),
+            Some(Tensor::from_vec(bias, 5, &Device::Cpu).unwrap()),
+            config,
+        )
+    }
+
+    /// `n` grey images of (h, w), normalised per channel as the preprocessing does.
+    fn grey(n: usize, h: usize, w: usize) -> Tensor {
+        let mut values = Vec::with_capacity(n * 3 * h * w);
+        for i in 0..n {
+            let plane: Vec<f32> = (0..h * w).map(|p| spread(p, i + 3)).collect();
+            for c in 0..3 {
+                values.extend(plane.iter().map(|v| (v - MEAN[c]) / STD[c]));
+            }
+        }
+        Tensor::from_vec(values, (n, 3, h, w), &Device::Cpu).unwrap()
+    }
+
+    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_grey_image_gets_the_three_channel_stems_output() {
+        let stem = stem();
+        let grey_stem = GreyStem::new(&stem, MEAN, STD).unwrap();
+        // Odd and even sizes (the last output row's taps end inside or on the border), a batch,
+        // and a second size after the first (the kept border term is replaced).
+        for (n, h, w) in [(1, 13, 11), (2, 16, 9), (1, 13, 11), (1, 7, 20)] {
+            let x = grey(n, h, w);
+            let wanted = conv2d_infer(&x, &stem, None, None, true).unwrap();
+            let got = grey_stem.forward(&x).unwrap().expect("a grey image");
+            assert_eq!(got.dims(), wanted.dims());
+            let diff = largest_difference(&got, &wanted);
+            assert!(diff < 1e-4, "{n}x{h}x{w}: largest difference {diff}");
+        }
+    }
+
+    #[test]
+    fn a_colour_image_or_one_tracking_a_gradient_is_left_to_the_full_stem() {
+        let grey_stem = GreyStem::new(&stem(), MEAN, STD).unwrap();
+        let x = grey(2, 10, 10);
+        // The second image's blue channel moved by one 8-bit step at one pixel.
+        let mut values: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        values[3 * 100 + 2 * 100 + 57] += 1.0 / 255.0 / STD[2];
+        let coloured = Tensor::from_vec(values, (2, 3, 10, 10), &Device::Cpu).unwrap();
+        assert!(grey_stem.forward(&coloured).unwrap().is_none());
+        let tracked = candle_core::Var::from_tensor(&x).unwrap();
+        assert!(grey_stem.forward(tracked.as_tensor()).unwrap().is_none());
+    }
+}
