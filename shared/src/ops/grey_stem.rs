@@ -172,6 +172,7 @@ fn running_sums(taps: &[f32], c_out: usize, k: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_diff_and_scale;
     use candle_core::Device;
     use candle_nn::Conv2dConfig;
 
@@ -210,19 +211,6 @@ mod tests {
         Tensor::from_vec(values, (n, 3, h, w), &Device::Cpu).unwrap()
     }
 
-    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
-
     #[test]
     fn a_grey_image_gets_the_three_channel_stems_output() {
         let stem = stem();
@@ -234,7 +222,7 @@ mod tests {
             let wanted = conv2d_infer(&x, &stem, None, None, true).unwrap();
             let got = grey_stem.forward(&x).unwrap().expect("a grey image");
             assert_eq!(got.dims(), wanted.dims());
-            let diff = largest_difference(&got, &wanted);
+            let (diff, _) = max_diff_and_scale(&got, &wanted);
             assert!(diff < 1e-4, "{n}x{h}x{w}: largest difference {diff}");
         }
     }
