@@ -6,16 +6,20 @@
 //! convolution of the three is then the convolution of `x_0` with `sum_c a_c W_c`, plus
 //! `sum_c b_c W_c` summed over the taps that fall inside the image: zero padding pads every
 //! channel with 0, not with `b_c`, so this term is one constant per output channel inside the
-//! image and other values along its border. It is computed once per input size and enters the
-//! fused op as its residual. The same outputs as the three-channel convolution, to float
-//! rounding.
+//! image and other values along its border. It is computed once per input size, with the bias,
+//! as the sums' starting value. The product runs in a fixed order (`ops::ordered_product`), so
+//! the page's stem gives `trainer predict`'s bits. The same outputs as the three-channel
+//! convolution, to float rounding.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Result, Tensor};
-use candle_nn::Conv2d;
+use candle_nn::{Conv2d, Conv2dConfig};
 
-use crate::ops::conv_infer::conv2d_infer;
+use crate::float::relu;
+use crate::ops::conv::Geometry;
+use crate::ops::ordered_product::{accumulate_in_order, weight_blocks, ROWS};
+use crate::ops::threads;
 
 /// Largest difference (normalised units) between a channel and the first channel's value
 /// normalised the other way that still counts as grey: f32 rounding is about 1e-6, while one
@@ -24,17 +28,23 @@ const GREY_TOLERANCE: f32 = 1e-4;
 
 #[derive(Debug)]
 pub struct GreyStem {
-    /// (C_out, 1, K, K) `sum_c a_c W_c`, with the folded bias.
-    conv: Conv2d,
+    /// `sum_c a_c W_c` (C_out, K * K) as `ordered_product` blocks.
+    weight: Vec<[f32; ROWS]>,
+    /// The folded batch norm's bias, one per output channel.
+    bias: Vec<f32>,
+    config: Conv2dConfig,
     /// `(a_1, b_1)`, `(a_2, b_2)`: channels 1 and 2 as functions of channel 0.
     affine: [(f32, f32); 2],
     /// (C_out, K + 1, K + 1) running sums of `sum_c b_c W_c` over taps, for rectangle sums.
     offset_sums: Vec<f32>,
     c_out: usize,
     kernel: usize,
-    /// The border term for the last input size: ((H, W), (1, C_out, H_out, W_out)).
-    border: Mutex<Option<((usize, usize), Tensor)>>,
+    /// Bias plus border term for the last input size.
+    start: Mutex<Option<SumsStart>>,
 }
+
+/// The sums' starting value for one input size (H, W): (C_out, H_out * W_out).
+type SumsStart = ((usize, usize), Arc<Vec<f32>>);
 
 impl GreyStem {
     /// From the folded stem convolution (C_out, 3, K, K) and the preprocessing's mean and std.
@@ -42,9 +52,6 @@ impl GreyStem {
         let (c_out, c_in, kernel, kernel_w) = stem.weight().dims4()?;
         if c_in != 3 || kernel != kernel_w {
             candle_core::bail!("a grey stem needs a square three-channel convolution");
-        }
-        if stem.bias().is_none() {
-            candle_core::bail!("a grey stem needs the folded stem (a convolution with a bias)");
         }
         let a = std.map(|s| std[0] / s);
         let b: [f32; 3] = std::array::from_fn(|c| (mean[0] - mean[c]) / std[c]);
@@ -61,19 +68,18 @@ impl GreyStem {
                 }
             }
         }
-        let device = stem.weight().device();
-        let conv = Conv2d::new(
-            Tensor::from_vec(grey, (c_out, 1, kernel, kernel), device)?,
-            stem.bias().cloned(),
-            *stem.config(),
-        );
+        let Some(bias) = stem.bias() else {
+            candle_core::bail!("a grey stem needs the folded stem (a convolution with a bias)")
+        };
         Ok(Self {
-            conv,
+            weight: weight_blocks(&grey, taps),
+            bias: bias.to_vec1()?,
+            config: *stem.config(),
             affine: [(a[1], b[1]), (a[2], b[2])],
             offset_sums: running_sums(&offsets, c_out, kernel),
             c_out,
             kernel,
-            border: Mutex::new(None),
+            start: Mutex::new(None),
         })
     }
 
@@ -83,21 +89,31 @@ impl GreyStem {
     /// (N, 3, H, W) -> (N, C_out, H_out, W_out)
     pub fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let (n, c, h, w) = x.dims4()?;
-        if c != 3 || x.track_op() || !self.is_grey(x)? {
+        if c != 3 || x.track_op() {
             return Ok(None);
         }
-        let border = self.border(h, w, x.device())?;
-        let (_, _, h_out, w_out) = border.dims4()?;
-        let border = border.broadcast_as((n, self.c_out, h_out, w_out))?;
-        let first = x.narrow(1, 0, 1)?;
-        conv2d_infer(&first, &self.conv, None, Some(&border), true).map(Some)
+        let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        if !self.is_grey(&values, h * w) {
+            return Ok(None);
+        }
+        let k = self.kernel;
+        let geometry = Geometry::new((n, 1, h, w), (self.c_out, 1, k, k), self.config)?;
+        let start = self.start(h, w)?;
+        let mut y = Vec::with_capacity(n * start.len());
+        let mut scratch = Vec::new();
+        for image in values.chunks(3 * h * w) {
+            let patches = geometry.group_patches(&image[..h * w], &mut scratch, threads());
+            let mut out = start.to_vec();
+            accumulate_in_order(&mut out, &self.weight, patches, k * k, geometry.positions());
+            out.iter_mut().for_each(|v| *v = relu(*v));
+            y.extend(out);
+        }
+        Tensor::from_vec(y, geometry.output(), x.device()).map(Some)
     }
 
-    fn is_grey(&self, x: &Tensor) -> Result<bool> {
-        let (_, _, h, w) = x.dims4()?;
-        let plane = h * w;
-        let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        Ok(values.chunks(3 * plane).all(|image| {
+    /// Every image of `values` (N, 3, plane) is one plane normalised three ways.
+    fn is_grey(&self, values: &[f32], plane: usize) -> bool {
+        values.chunks(3 * plane).all(|image| {
             let (first, rest) = image.split_at(plane);
             rest.chunks(plane)
                 .zip(self.affine)
@@ -107,21 +123,22 @@ impl GreyStem {
                         .zip(first)
                         .all(|(&v, &x0)| (v - (a * x0 + b)).abs() <= GREY_TOLERANCE)
                 })
-        }))
+        })
     }
 
-    /// The offset term for an (H, W) input: (1, C_out, H_out, W_out), kept for the next call.
-    fn border(&self, h: usize, w: usize, device: &candle_core::Device) -> Result<Tensor> {
+    /// The bias plus the offset term for an (H, W) input: (C_out, H_out * W_out), kept for the
+    /// next call.
+    fn start(&self, h: usize, w: usize) -> Result<Arc<Vec<f32>>> {
         let mut kept = self
-            .border
+            .start
             .lock()
             .map_err(|_| candle_core::Error::Msg("the grey stem's lock is poisoned".into()))?;
-        if let Some(((kh, kw), border)) = kept.as_ref() {
+        if let Some(((kh, kw), start)) = kept.as_ref() {
             if (*kh, *kw) == (h, w) {
-                return Ok(border.clone());
+                return Ok(start.clone());
             }
         }
-        let config = self.conv.config();
+        let config = self.config;
         let (stride, padding, k) = (config.stride, config.padding, self.kernel);
         let out = |size: usize| (size + 2 * padding - k) / stride + 1;
         let (h_out, w_out) = (out(h), out(w));
@@ -141,13 +158,14 @@ impl GreyStem {
                 let (y0, y1) = inside(oy, h);
                 for ox in 0..w_out {
                     let (x0, x1) = inside(ox, w);
-                    plane[oy * w_out + ox] = at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0);
+                    let border = at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0);
+                    plane[oy * w_out + ox] = self.bias[o] + border;
                 }
             }
         }
-        let border = Tensor::from_vec(values, (1, self.c_out, h_out, w_out), device)?;
-        *kept = Some(((h, w), border.clone()));
-        Ok(border)
+        let start = Arc::new(values);
+        *kept = Some(((h, w), start.clone()));
+        Ok(start)
     }
 }
 
@@ -172,6 +190,7 @@ fn running_sums(taps: &[f32], c_out: usize, k: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::conv_infer::conv2d_infer;
     use crate::test_util::max_diff_and_scale;
     use candle_core::Device;
     use candle_nn::Conv2dConfig;

@@ -1,8 +1,8 @@
 //! The CPU kernels under the model: convolution as im2col + gemm, batch norm with its ReLU, the
 //! residual add + ReLU and the stem's max pool, each with its backward for training; the folded
 //! inference convolution with its bias, residual and ReLU (and the stem's one-channel form for
-//! grey images); the matrix product and the slice helpers they share. Other devices run
-//! candle's own tensor ops instead.
+//! grey images, whose product sums in a fixed order so the page gets the CLI's bits); the matrix
+//! product and the slice helpers they share. Other devices run candle's own tensor ops instead.
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
@@ -17,6 +17,7 @@ pub mod grey_stem;
 mod int8_rows;
 mod matmul;
 pub mod max_pool;
+mod ordered_product;
 pub mod residual;
 
 /// Threads for one image's work: the current rayon pool's natively (the global one sized by
