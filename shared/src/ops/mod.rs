@@ -18,6 +18,7 @@ mod int8_rows;
 mod matmul;
 pub mod max_pool;
 mod ordered_product;
+mod quantize_tile;
 pub mod residual;
 
 /// Threads for one image's work: the current rayon pool's natively (the global one sized by
