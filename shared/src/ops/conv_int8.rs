@@ -16,7 +16,7 @@
 
 use candle_nn::Conv2d;
 #[cfg(not(target_arch = "wasm32"))]
-use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmOptions, PackedBMatrix};
+use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmUninitOptions, PackedBMatrix};
 #[cfg(not(target_arch = "wasm32"))]
 use rten_tensor::NdTensorView;
 
@@ -225,15 +225,16 @@ fn accumulate_with_rten(y: &mut [f32], weight: &Int8Weight, patches: &[u8], scal
     assert_eq!(y.len(), c_out * positions);
     let lhs = NdTensorView::from_data_with_strides([positions, patch_len], patches, [patch_len, 1])
         .expect("the patches hold positions x patch_len codes");
-    let mut sums = vec![0; positions * c_out];
+    // Written whole by the product: no zeroing first.
+    let mut output = Vec::with_capacity(positions * c_out);
     // The executor is not Send, so the op cannot keep one; making one only picks the kernel
     // this CPU supports (the same each time, which the prepacked layout relies on).
-    Int8Gemm::default()
-        .gemm(
-            &mut sums,
+    let sums: &[i32] = Int8Gemm::default()
+        .gemm_uninit(
+            &mut output.spare_capacity_mut()[..positions * c_out],
             GemmInputA::Unpacked(lhs),
             GemmInputB::Packed(&weight.packed),
-            GemmOptions::default(),
+            GemmUninitOptions::default(),
         )
         .expect("the product's shapes agree by construction");
     // (positions, c_out) sums -> the (c_out, positions) output, a block of positions at a time
@@ -262,7 +263,7 @@ fn accumulate_with_rten(y: &mut [f32], weight: &Int8Weight, patches: &[u8], scal
                         position: p,
                     };
                     // SAFETY: channels i..i + 4 of this band and positions p..p + 4 exist.
-                    unsafe { add_scaled_tile(y, positions, &sums, c_out, at, factors) };
+                    unsafe { add_scaled_tile(y, positions, sums, c_out, at, factors) };
                 }
             }
             for (i, &weight_scale) in scales.iter().enumerate() {
