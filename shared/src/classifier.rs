@@ -124,7 +124,7 @@ impl Classifier {
         model.fold_batch_norms()?;
         // Other devices run candle's f32 ops whatever the codes (`conv2d_infer`).
         if device.is_cpu() {
-            model.use_grey_stem(preprocessing.mean, preprocessing.std)?;
+            model.use_inference_stem(preprocessing.mean, preprocessing.std)?;
             if int8_kernels {
                 model.use_int8_products()?;
             }

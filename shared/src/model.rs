@@ -10,9 +10,9 @@ use crate::ops::batch_norm::batch_norm_train;
 use crate::ops::conv::conv2d_train;
 use crate::ops::conv_infer::conv2d_infer;
 use crate::ops::conv_int8::Int8Weight;
-use crate::ops::grey_stem::GreyStem;
 use crate::ops::max_pool::stem_max_pool;
 use crate::ops::residual::add_relu;
+use crate::ops::stem_infer::InferenceStem;
 use crate::stage_times::Stopwatch;
 
 /// Width of the pooled feature vector that feeds the classifier head.
@@ -213,8 +213,9 @@ impl Bottleneck {
 #[derive(Debug, Clone)]
 pub struct ResNet50 {
     stem: ConvBn,
-    /// The stem as a one-channel convolution for grey images, once `use_grey_stem` has run.
-    grey_stem: Option<Arc<GreyStem>>,
+    /// The stem in inference (fixed-order sums, one channel for grey images), once
+    /// `use_inference_stem` has run.
+    inference_stem: Option<Arc<InferenceStem>>,
     stages: Vec<Vec<Bottleneck>>,
     fc: Linear,
     num_classes: usize,
@@ -248,7 +249,7 @@ impl ResNet50 {
         );
         Ok(Self {
             stem,
-            grey_stem: None,
+            inference_stem: None,
             stages,
             fc,
             num_classes,
@@ -271,22 +272,22 @@ impl ResNet50 {
             .try_for_each(|unit| unit.use_int8_products())
     }
 
-    /// In inference the stem reads only the first channel of a grey image from now on
-    /// (`ops::grey_stem`: a third of its products), given the mean and std the input was
-    /// normalised with; needs `fold_batch_norms` first. Other images take the full stem.
-    pub fn use_grey_stem(&mut self, mean: [f32; 3], std: [f32; 3]) -> Result<()> {
+    /// In inference the stem sums in a fixed order from now on, the same bits natively and in
+    /// the page, and reads only the first channel of a grey image (`ops::stem_infer`), given
+    /// the mean and std the input was normalised with; needs `fold_batch_norms` first.
+    pub fn use_inference_stem(&mut self, mean: [f32; 3], std: [f32; 3]) -> Result<()> {
         let ConvBn::Folded { conv, .. } = &self.stem else {
-            candle_core::bail!("a grey stem needs folded batch norms")
+            candle_core::bail!("the inference stem needs folded batch norms")
         };
-        self.grey_stem = Some(Arc::new(GreyStem::new(conv, mean, std)?));
+        self.inference_stem = Some(Arc::new(InferenceStem::new(conv, mean, std)?));
         Ok(())
     }
 
-    /// relu(stem(x)): one channel of a grey image when it can (`use_grey_stem`).
+    /// relu(stem(x)), by the inference stem when there is one and no gradient is asked.
     /// (N, 3, H, W) -> (N, 64, H/2, W/2)
     fn stem_forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if let Some(grey) = self.grey_stem.as_ref().filter(|_| !train) {
-            if let Some(y) = grey.forward(x)? {
+        if let Some(stem) = self.inference_stem.as_ref().filter(|_| !train) {
+            if let Some(y) = stem.forward(x)? {
                 return Ok(y);
             }
         }

@@ -1,8 +1,9 @@
 //! The CPU kernels under the model: convolution as im2col + gemm, batch norm with its ReLU, the
 //! residual add + ReLU and the stem's max pool, each with its backward for training; the folded
-//! inference convolution with its bias, residual and ReLU (and the stem's one-channel form for
-//! grey images, whose product sums in a fixed order so the page gets the CLI's bits); the matrix
-//! product and the slice helpers they share. Other devices run candle's own tensor ops instead.
+//! inference convolution with its bias, residual and ReLU, and the inference stem, whose sums
+//! run in a fixed order so the page gets the CLI's bits (one channel for grey images); the
+//! matrix product and the slice helpers they share. Other devices run candle's own tensor ops
+//! instead.
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
@@ -12,7 +13,6 @@ pub mod conv;
 pub mod conv_infer;
 pub mod conv_int8;
 mod cpu_slice;
-pub mod grey_stem;
 #[cfg(any(target_arch = "wasm32", test))]
 mod int8_rows;
 mod matmul;
@@ -20,6 +20,7 @@ pub mod max_pool;
 mod ordered_product;
 mod quantize_tile;
 pub mod residual;
+pub mod stem_infer;
 
 /// Threads for one image's work: the current rayon pool's natively (the global one sized by
 /// RAYON_NUM_THREADS, or a one-thread pool per image when a folder runs an image per core), one

@@ -1,5 +1,6 @@
-//! The folded stem (7x7 convolution, stride 2, with its ReLU) of a grey radiograph as a
-//! one-channel convolution: a third of its products.
+//! The folded stem (7x7 convolution, stride 2, with its ReLU) in inference, its sums in a
+//! fixed order (`ops::ordered_product`) so that the page gives `trainer predict`'s bits for
+//! every image; a grey radiograph's as a one-channel convolution, a third of the products.
 //!
 //! A grey image reaches the network as one plane normalised three ways: channel c is
 //! `a_c * x_0 + b_c` with `a_c = std_0 / std_c` and `b_c = (mean_0 - mean_c) / std_c`. The
@@ -7,9 +8,8 @@
 //! `sum_c b_c W_c` summed over the taps that fall inside the image: zero padding pads every
 //! channel with 0, not with `b_c`, so this term is one constant per output channel inside the
 //! image and other values along its border. It is computed once per input size, with the bias,
-//! as the sums' starting value. The product runs in a fixed order (`ops::ordered_product`), so
-//! the page's stem gives `trainer predict`'s bits. The same outputs as the three-channel
-//! convolution, to float rounding.
+//! as the sums' starting value. The same outputs as the three-channel convolution, to float
+//! rounding. A colour image takes the three-channel kernel, from the bias.
 
 use std::sync::{Arc, Mutex};
 
@@ -27,8 +27,10 @@ use crate::ops::threads;
 const GREY_TOLERANCE: f32 = 1e-4;
 
 #[derive(Debug)]
-pub struct GreyStem {
+pub struct InferenceStem {
     /// `sum_c a_c W_c` (C_out, K * K) as `ordered_product` blocks.
+    grey_weight: Vec<[f32; ROWS]>,
+    /// The folded kernel (C_out, 3 * K * K) as `ordered_product` blocks.
     weight: Vec<[f32; ROWS]>,
     /// The folded batch norm's bias, one per output channel.
     bias: Vec<f32>,
@@ -46,12 +48,12 @@ pub struct GreyStem {
 /// The sums' starting value for one input size (H, W): (C_out, H_out * W_out).
 type SumsStart = ((usize, usize), Arc<Vec<f32>>);
 
-impl GreyStem {
+impl InferenceStem {
     /// From the folded stem convolution (C_out, 3, K, K) and the preprocessing's mean and std.
     pub fn new(stem: &Conv2d, mean: [f32; 3], std: [f32; 3]) -> Result<Self> {
         let (c_out, c_in, kernel, kernel_w) = stem.weight().dims4()?;
         if c_in != 3 || kernel != kernel_w {
-            candle_core::bail!("a grey stem needs a square three-channel convolution");
+            candle_core::bail!("the inference stem needs a square three-channel convolution");
         }
         let a = std.map(|s| std[0] / s);
         let b: [f32; 3] = std::array::from_fn(|c| (mean[0] - mean[c]) / std[c]);
@@ -69,10 +71,13 @@ impl GreyStem {
             }
         }
         let Some(bias) = stem.bias() else {
-            candle_core::bail!("a grey stem needs the folded stem (a convolution with a bias)")
+            candle_core::bail!(
+                "the inference stem needs the folded stem (a convolution with a bias)"
+            )
         };
         Ok(Self {
-            weight: weight_blocks(&grey, taps),
+            grey_weight: weight_blocks(&grey, taps),
+            weight: weight_blocks(&weight, 3 * taps),
             bias: bias.to_vec1()?,
             config: *stem.config(),
             affine: [(a[1], b[1]), (a[2], b[2])],
@@ -83,9 +88,8 @@ impl GreyStem {
         })
     }
 
-    /// relu(stem(x)) from `x`'s first channel when every image of `x` is grey; `None` when one
-    /// is not (its channels are not one plane normalised three ways), or when a gradient is to
-    /// reach `x` (the other channels would get none).
+    /// relu(stem(x)), from `x`'s first channel where an image is grey; `None` when a gradient
+    /// is to reach `x` (this op passes none back).
     /// (N, 3, H, W) -> (N, C_out, H_out, W_out)
     pub fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let (n, c, h, w) = x.dims4()?;
@@ -93,42 +97,50 @@ impl GreyStem {
             return Ok(None);
         }
         let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        if !self.is_grey(&values, h * w) {
-            return Ok(None);
-        }
         let k = self.kernel;
-        let geometry = Geometry::new((n, 1, h, w), (self.c_out, 1, k, k), self.config)?;
-        let start = self.start(h, w)?;
-        let mut y = Vec::with_capacity(n * start.len());
+        let grey = Geometry::new((n, 1, h, w), (self.c_out, 1, k, k), self.config)?;
+        let colour = Geometry::new((n, 3, h, w), (self.c_out, 3, k, k), self.config)?;
+        let positions = grey.positions();
+        let grey_start = self.grey_start(h, w)?;
+        let mut y = Vec::with_capacity(n * self.c_out * positions);
         let mut scratch = Vec::new();
         for image in values.chunks(3 * h * w) {
-            let patches = geometry.group_patches(&image[..h * w], &mut scratch, threads());
-            let mut out = start.to_vec();
-            accumulate_in_order(&mut out, &self.weight, patches, k * k, geometry.positions());
+            let mut out;
+            if self.is_grey(image, h * w) {
+                out = grey_start.to_vec();
+                let patches = grey.group_patches(&image[..h * w], &mut scratch, threads());
+                accumulate_in_order(&mut out, &self.grey_weight, patches, k * k, positions);
+            } else {
+                out = self
+                    .bias
+                    .iter()
+                    .flat_map(|&b| std::iter::repeat_n(b, positions))
+                    .collect();
+                let patches = colour.group_patches(image, &mut scratch, threads());
+                accumulate_in_order(&mut out, &self.weight, patches, 3 * k * k, positions);
+            }
             out.iter_mut().for_each(|v| *v = relu(*v));
             y.extend(out);
         }
-        Tensor::from_vec(y, geometry.output(), x.device()).map(Some)
+        Tensor::from_vec(y, grey.output(), x.device()).map(Some)
     }
 
-    /// Every image of `values` (N, 3, plane) is one plane normalised three ways.
-    fn is_grey(&self, values: &[f32], plane: usize) -> bool {
-        values.chunks(3 * plane).all(|image| {
-            let (first, rest) = image.split_at(plane);
-            rest.chunks(plane)
-                .zip(self.affine)
-                .all(|(channel, (a, b))| {
-                    channel
-                        .iter()
-                        .zip(first)
-                        .all(|(&v, &x0)| (v - (a * x0 + b)).abs() <= GREY_TOLERANCE)
-                })
-        })
+    /// The image's (3, plane) values are one plane normalised three ways.
+    fn is_grey(&self, image: &[f32], plane: usize) -> bool {
+        let (first, rest) = image.split_at(plane);
+        rest.chunks(plane)
+            .zip(self.affine)
+            .all(|(channel, (a, b))| {
+                channel
+                    .iter()
+                    .zip(first)
+                    .all(|(&v, &x0)| (v - (a * x0 + b)).abs() <= GREY_TOLERANCE)
+            })
     }
 
     /// The bias plus the offset term for an (H, W) input: (C_out, H_out * W_out), kept for the
     /// next call.
-    fn start(&self, h: usize, w: usize) -> Result<Arc<Vec<f32>>> {
+    fn grey_start(&self, h: usize, w: usize) -> Result<Arc<Vec<f32>>> {
         let mut kept = self
             .start
             .lock()
@@ -233,13 +245,13 @@ mod tests {
     #[test]
     fn a_grey_image_gets_the_three_channel_stems_output() {
         let stem = stem();
-        let grey_stem = GreyStem::new(&stem, MEAN, STD).unwrap();
+        let stem_infer = InferenceStem::new(&stem, MEAN, STD).unwrap();
         // Odd and even sizes (the last output row's taps end inside or on the border), a batch,
         // and a second size after the first (the kept border term is replaced).
         for (n, h, w) in [(1, 13, 11), (2, 16, 9), (1, 13, 11), (1, 7, 20)] {
             let x = grey(n, h, w);
             let wanted = conv2d_infer(&x, &stem, None, None, true).unwrap();
-            let got = grey_stem.forward(&x).unwrap().expect("a grey image");
+            let got = stem_infer.forward(&x).unwrap().expect("a grey image");
             assert_eq!(got.dims(), wanted.dims());
             let (diff, _) = max_diff_and_scale(&got, &wanted);
             assert!(diff < 1e-4, "{n}x{h}x{w}: largest difference {diff}");
@@ -247,15 +259,23 @@ mod tests {
     }
 
     #[test]
-    fn a_colour_image_or_one_tracking_a_gradient_is_left_to_the_full_stem() {
-        let grey_stem = GreyStem::new(&stem(), MEAN, STD).unwrap();
+    fn a_colour_image_gets_the_three_channel_kernel_and_a_gradient_the_training_op() {
+        let stem = stem();
+        let stem_infer = InferenceStem::new(&stem, MEAN, STD).unwrap();
         let x = grey(2, 10, 10);
-        // The second image's blue channel moved by one 8-bit step at one pixel.
+        // The second image's blue channel moved by one 8-bit step at one pixel: the first image
+        // stays grey, the second takes the three-channel kernel; both match the full stem.
         let mut values: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         values[3 * 100 + 2 * 100 + 57] += 1.0 / 255.0 / STD[2];
         let coloured = Tensor::from_vec(values, (2, 3, 10, 10), &Device::Cpu).unwrap();
-        assert!(grey_stem.forward(&coloured).unwrap().is_none());
+        let wanted = conv2d_infer(&coloured, &stem, None, None, true).unwrap();
+        let got = stem_infer
+            .forward(&coloured)
+            .unwrap()
+            .expect("a colour image");
+        let (diff, _) = max_diff_and_scale(&got, &wanted);
+        assert!(diff < 1e-4, "largest difference {diff}");
         let tracked = candle_core::Var::from_tensor(&x).unwrap();
-        assert!(grey_stem.forward(tracked.as_tensor()).unwrap().is_none());
+        assert!(stem_infer.forward(tracked.as_tensor()).unwrap().is_none());
     }
 }
