@@ -4,9 +4,9 @@
 //! Why it matters: the int8 layers after the stem round their input to 255 levels, so a last-bit
 //! difference in the stem's float output moves a few values across a rounding boundary and the
 //! answer with them (1e-7 relative noise on the stem's output moved a probability by 6e-4).
-//! gemm sums in other orders, with fused multiply-adds, natively than in the browser; Rust neither
-//! reorders nor fuses float arithmetic, so this loop, vectorised across output positions only,
-//! gives the page exactly `trainer predict`'s answers.
+//! gemm sums in one order with fused multiply-adds natively and in another without them in the
+//! browser; Rust neither reorders nor fuses float arithmetic, so this loop, vectorised across
+//! output positions only, gives the page exactly `trainer predict`'s answers.
 
 use crate::ops::{for_each_chunk_mut, threads};
 
@@ -14,7 +14,8 @@ use crate::ops::{for_each_chunk_mut, threads};
 pub(super) const ROWS: usize = 4;
 /// Output positions computed together (two 128-bit vectors per row).
 const LANES: usize = 8;
-/// Positions per pass over the rows: 49 taps x 128 positions of patches is 25 KB.
+/// Positions per pass over the rows: 128 positions of patches are 25 KB for a grey image's 49
+/// taps, 75 KB for a colour image's 147.
 const BAND: usize = 128;
 
 /// The weight (rows, taps) as blocks of `ROWS` rows, tap-major: block b's tap t is

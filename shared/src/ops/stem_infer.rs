@@ -41,8 +41,8 @@ pub struct InferenceStem {
     offset_sums: Vec<f32>,
     c_out: usize,
     kernel: usize,
-    /// Bias plus border term for the last input size.
-    start: Mutex<Option<SumsStart>>,
+    /// A grey image's sums' start, bias plus border term, for the last input size.
+    grey_start: Mutex<Option<SumsStart>>,
 }
 
 /// The sums' starting value for one input size (H, W): (C_out, H_out * W_out).
@@ -84,7 +84,7 @@ impl InferenceStem {
             offset_sums: running_sums(&offsets, c_out, kernel),
             c_out,
             kernel,
-            start: Mutex::new(None),
+            grey_start: Mutex::new(None),
         })
     }
 
@@ -142,7 +142,7 @@ impl InferenceStem {
     /// next call.
     fn grey_start(&self, h: usize, w: usize) -> Result<Arc<Vec<f32>>> {
         let mut kept = self
-            .start
+            .grey_start
             .lock()
             .map_err(|_| candle_core::Error::Msg("the grey stem's lock is poisoned".into()))?;
         if let Some(((kh, kw), start)) = kept.as_ref() {
