@@ -32,10 +32,15 @@ fn radiograph(card: &ModelCard) -> Tensor {
     .unwrap()
 }
 
-/// `model` with its batch norms folded into the convolutions, as the classifier runs it.
-fn folded(model: &ResNet50) -> ResNet50 {
+/// `model` with its batch norms folded into the convolutions and its inference stem, as the
+/// classifier runs it.
+fn folded(model: &ResNet50, card: &ModelCard) -> ResNet50 {
     let mut folded = model.clone();
     folded.fold_batch_norms().unwrap();
+    let preprocessing = &card.preprocessing;
+    folded
+        .use_inference_stem(preprocessing.mean, preprocessing.std)
+        .unwrap();
     folded
 }
 
@@ -52,7 +57,7 @@ fn layer2_of(model: &ResNet50, input: &Tensor) -> Tensor {
 #[test]
 fn layer_cam_of_the_folded_model_equals_candles_autograd_and_is_at_least_14x14() {
     let (plain, card) = shipped();
-    let folded = folded(&plain);
+    let folded = folded(&plain, &card);
     let input = radiograph(&card);
     let layer2_plain = layer2_of(&plain, &input);
     let layer2_folded = layer2_of(&folded, &input);
@@ -91,7 +96,7 @@ fn layer_cam_of_the_folded_model_equals_candles_autograd_and_is_at_least_14x14()
 #[test]
 fn the_classifiers_fine_map_is_the_layer_cam_of_the_classified_image() {
     let (plain, card) = shipped();
-    let folded = folded(&plain);
+    let folded = folded(&plain, &card);
     let input = radiograph(&card);
     let layer2 = layer2_of(&folded, &input);
     let classifier = shipped_model_f32_products();
