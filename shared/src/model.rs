@@ -11,6 +11,7 @@ use crate::ops::conv::conv2d_train;
 use crate::ops::conv_infer::conv2d_infer;
 use crate::ops::conv_int8::Int8Weight;
 use crate::ops::max_pool::stem_max_pool;
+use crate::ops::on_pool;
 use crate::ops::residual::add_relu;
 use crate::ops::stem_infer::InferenceStem;
 use crate::stage_times::Stopwatch;
@@ -355,14 +356,19 @@ impl ResNet50 {
         train: bool,
         watch: &mut Stopwatch,
     ) -> Result<ResNetOutput> {
-        let x = self.stem_forward(x, train)?; // (N, 64, H/2, W/2)
-        let mut x = stem_max_pool(&x, train)?; // (N, 64, H/4, W/4)
+        // Each group on the thread pool: its ops' forks start from there (`ops::on_pool`).
+        let mut x = on_pool(|| {
+            let x = self.stem_forward(x, train)?; // (N, 64, H/2, W/2)
+            stem_max_pool(&x, train) // (N, 64, H/4, W/4)
+        })?;
         watch.lap("stem");
         let mut layer2_map = None;
         for (index, stage) in self.stages.iter().enumerate() {
-            for block in stage {
-                x = block.forward_t(&x, train)?;
-            }
+            x = on_pool(|| {
+                stage
+                    .iter()
+                    .try_fold(x, |x, block| block.forward_t(&x, train))
+            })?;
             if index == 1 {
                 layer2_map = Some(x.clone()); // (N, 512, H/8, W/8)
             }

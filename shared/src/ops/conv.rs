@@ -99,21 +99,23 @@ impl Geometry {
         self.c_in
     }
 
-    /// Channels-last patches: (H, W, C_in) -> (H_out*W_out, k*k*C_in), row p the window of output
-    /// position p in (ky, kx, c) order, zero in the padding. A 1x1 stride-1 convolution's is the
-    /// image itself, returned without a copy.
+    /// Channels-last patches of output positions `positions`: (H, W, C_in) ->
+    /// (positions.len(), k*k*C_in), row i the window of output position `positions.start + i` in
+    /// (ky, kx, c) order, zero in the padding. A 1x1 stride-1 convolution's are the image's own
+    /// rows, returned without a copy.
     pub(super) fn patch_rows<'a, T: Copy + Default>(
         &self,
         hwc: &'a [T],
+        positions: std::ops::Range<usize>,
         scratch: &'a mut Vec<T>,
     ) -> &'a [T] {
-        if self.is_pointwise() {
-            return hwc;
-        }
         let (c, k) = (self.c_in, self.k);
+        if self.is_pointwise() {
+            return &hwc[positions.start * c..positions.end * c];
+        }
         scratch.clear();
-        scratch.resize(self.positions() * k * k * c, T::default());
-        for (p, row) in scratch.chunks_mut(k * k * c).enumerate() {
+        scratch.resize(positions.len() * k * k * c, T::default());
+        for (p, row) in positions.zip(scratch.chunks_mut(k * k * c)) {
             let (out_y, out_x) = (p / self.out_w, p % self.out_w);
             for ky in 0..k {
                 let Some(y) = self.input_row(ky, out_y) else {
@@ -576,7 +578,13 @@ mod tests {
 
     #[test]
     fn patch_rows_are_the_channels_last_transpose_of_the_patch_matrix() {
-        for (c_in, size, k, stride) in [(3, 15, 7, 2), (13, 9, 3, 1), (8, 10, 3, 2), (5, 6, 1, 2)] {
+        for (c_in, size, k, stride) in [
+            (3, 15, 7, 2),
+            (13, 9, 3, 1),
+            (8, 10, 3, 2),
+            (5, 6, 1, 2),
+            (6, 5, 1, 1),
+        ] {
             let config = Conv2dConfig {
                 padding: k / 2,
                 stride,
@@ -588,9 +596,16 @@ mod tests {
                 .map(|i| image[(i % c_in) * size * size + i / c_in])
                 .collect();
             let columns = g.group_patches(&image, &mut Vec::new(), 1).to_vec();
-            let rows = g.patch_rows(&hwc, &mut Vec::new()).to_vec();
             let (positions, windows) = (g.positions(), k * k);
+            let rows = g.patch_rows(&hwc, 0..positions, &mut Vec::new()).to_vec();
             assert_eq!(rows.len(), columns.len());
+            // A band of positions gives the same rows as the whole.
+            let band = positions / 3..positions - 1;
+            let band_rows = g.patch_rows(&hwc, band.clone(), &mut Vec::new()).to_vec();
+            assert_eq!(
+                band_rows,
+                rows[band.start * g.patch_len()..band.end * g.patch_len()]
+            );
             for p in 0..positions {
                 for window in 0..windows {
                     for c in 0..c_in {

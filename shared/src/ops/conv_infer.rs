@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::float::relu;
 use crate::ops::conv::{conv2d_grad_input, Geometry};
-use crate::ops::conv_int8::{accumulate_product, quantize_activations, Int8Weight};
+use crate::ops::conv_int8::{convolve, quantize_activations, Int8Weight};
 use crate::ops::cpu_slice::contiguous_f32;
 use crate::ops::matmul::{matmul, Matrix};
 use crate::ops::residual::relu_backward;
@@ -106,15 +106,17 @@ impl ConvInfer {
         let out_len = g.c_out * positions;
         let mut y = vec![0f32; g.batch * out_len];
         let mut scratch = Vec::new();
-        let (mut codes, mut code_patches) = (Vec::new(), Vec::new());
+        let mut codes = Vec::new();
         for (i, (y, image)) in y.chunks_mut(out_len).zip(x.chunks(g.in_len())).enumerate() {
-            let residual = residual.map(|r| &r[i * out_len..][..out_len]);
+            let epilogue = Epilogue {
+                bias: &self.bias,
+                residual: residual.map(|r| &r[i * out_len..][..out_len]),
+                relu: self.relu,
+                positions,
+            };
             if let Some(int8) = &self.int8 {
                 if let Some(scale) = quantize_activations(image, g.c_in(), &mut codes) {
-                    self.fill_with_bias(y, 0, residual);
-                    let patches = g.patch_rows(&codes, &mut code_patches);
-                    accumulate_product(y, int8, patches, scale);
-                    self.apply_relu(y);
+                    convolve(y, &g, &codes, int8, scale, &epilogue);
                     continue;
                 }
             }
@@ -127,40 +129,63 @@ impl ConvInfer {
                 .zip(weight.par_chunks(band * g.patch_len()))
                 .enumerate()
                 .for_each(|(b, (y, rows))| {
-                    let first_channel = b * band;
-                    self.fill_with_bias(
-                        y,
-                        first_channel,
-                        residual.map(|r| &r[first_channel * positions..]),
-                    );
+                    epilogue.fill(y, b * band);
                     let rows = Matrix::row_major(rows, rows.len() / g.patch_len(), g.patch_len());
                     matmul(y, rows, patches, true);
-                    self.apply_relu(y);
+                    epilogue.finish(y);
                 });
         }
         (CpuStorage::F32(y), g.output())
     }
+}
 
-    fn apply_relu(&self, y: &mut [f32]) {
-        if self.relu {
-            y.iter_mut().for_each(|v| *v = relu(*v));
+/// What a folded convolution's product is added to, and what follows it: each output starts as
+/// its channel's bias plus the residual's value there, and the ReLU may follow the sum.
+pub(super) struct Epilogue<'a> {
+    pub bias: &'a [f32],
+    /// The image's residual, (c_out, positions).
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+    pub positions: usize,
+}
+
+impl Epilogue<'_> {
+    /// An output's final value from its start plus the product (natively; the page applies
+    /// `finish` to the whole output).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[inline(always)]
+    pub fn activate(&self, value: f32) -> f32 {
+        match self.relu {
+            true => relu(value),
+            false => value,
         }
     }
 
-    /// Starts the output channels from `first_channel` on as their bias, plus the residual.
-    fn fill_with_bias(&self, y: &mut [f32], first_channel: usize, residual: Option<&[f32]>) {
-        let positions = self.geometry.positions();
-        for (c, row) in y.chunks_mut(positions).enumerate() {
-            let bias = self.bias[first_channel + c];
-            match residual {
-                Some(residual) => {
-                    let residual = &residual[c * positions..][..positions];
-                    for (value, &r) in row.iter_mut().zip(residual) {
-                        *value = r + bias;
-                    }
+    /// `row`, output channel `c` from position `first_position` on, at its start.
+    pub fn fill_row(&self, row: &mut [f32], c: usize, first_position: usize) {
+        let bias = self.bias[c];
+        match self.residual {
+            Some(residual) => {
+                let residual = &residual[c * self.positions + first_position..][..row.len()];
+                for (value, &r) in row.iter_mut().zip(residual) {
+                    *value = r + bias;
                 }
-                None => row.fill(bias),
             }
+            None => row.fill(bias),
+        }
+    }
+
+    /// `y`, whole rows of output channels `first_channel..`, at their start.
+    pub fn fill(&self, y: &mut [f32], first_channel: usize) {
+        for (c, row) in (first_channel..).zip(y.chunks_mut(self.positions)) {
+            self.fill_row(row, c, 0);
+        }
+    }
+
+    /// The ReLU over `y` once the product is in, where there is one.
+    pub fn finish(&self, y: &mut [f32]) {
+        if self.relu {
+            y.iter_mut().for_each(|v| *v = relu(*v));
         }
     }
 }

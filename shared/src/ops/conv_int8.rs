@@ -21,6 +21,8 @@ use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmUninitOptions, PackedB
 use rten_tensor::NdTensorView;
 
 use crate::float::smaller;
+use crate::ops::conv::Geometry;
+use crate::ops::conv_infer::Epilogue;
 use crate::ops::for_each_chunk_mut;
 #[cfg(any(
     target_arch = "x86_64",
@@ -42,9 +44,11 @@ type Int8Gemm = GemmExecutor<u8, i8, i32>;
 
 /// A folded convolution weight as int8 codes, laid out for the kernel once.
 pub struct Int8Weight {
-    /// The codes' (patch_len, c_out) transpose, the product's right-hand side, prepacked.
+    /// The codes' (patch_len, c_out) transpose, the product's right-hand side, prepacked in
+    /// parts of consecutive output channels, one per thread (`convolve` may give each thread
+    /// a part).
     #[cfg(not(target_arch = "wasm32"))]
-    packed: PackedBMatrix<i8>,
+    packed: Vec<ChannelPart>,
     /// The (c_out, patch_len) codes, as `int8_rows` reads them.
     #[cfg(target_arch = "wasm32")]
     rows: Vec<i8>,
@@ -62,39 +66,46 @@ impl std::fmt::Debug for Int8Weight {
     }
 }
 
+/// Output channels `channels` of a weight, prepacked for rten-gemm.
+#[cfg(not(target_arch = "wasm32"))]
+struct ChannelPart {
+    channels: std::ops::Range<usize>,
+    packed: PackedBMatrix<i8>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ChannelPart {
+    /// The (c_out, patch_len) `codes` in as many parts as threads, each at least 64 channels.
+    fn pack(codes: &[i8], (c_out, patch_len): (usize, usize)) -> Vec<Self> {
+        let parts = crate::ops::threads().min(c_out / 64).max(1);
+        let size = c_out.div_ceil(parts).next_multiple_of(4);
+        (0..c_out)
+            .step_by(size)
+            .map(|first| {
+                let channels = first..(first + size).min(c_out);
+                let transposed = NdTensorView::from_data_with_strides(
+                    [patch_len, channels.len()],
+                    &codes[first * patch_len..channels.end * patch_len],
+                    [1, patch_len],
+                )
+                .expect("the codes hold c_out x patch_len values");
+                Self {
+                    channels,
+                    packed: Int8Gemm::default().prepack_b(transposed),
+                }
+            })
+            .collect()
+    }
+}
+
 impl Int8Weight {
     /// `weight`: the (c_out, c_in, k, k) kernel, row-major.
     pub fn new(weight: &[f32], (c_out, c_in, k): (usize, usize, usize)) -> Self {
         let patch_len = c_in * k * k;
-        assert_eq!(weight.len(), c_out * patch_len);
-        // (c, ky, kx) -> (ky, kx, c) within each output channel's row (the same for 1x1).
-        let (codes, scales) = if k == 1 {
-            quantize_rows(weight, c_out)
-        } else {
-            let mut channels_last = vec![0f32; weight.len()];
-            for (row, out) in weight
-                .chunks(patch_len)
-                .zip(channels_last.chunks_mut(patch_len))
-            {
-                for c in 0..c_in {
-                    for window in 0..k * k {
-                        out[window * c_in + c] = row[c * k * k + window];
-                    }
-                }
-            }
-            quantize_rows(&channels_last, c_out)
-        };
+        let (codes, scales) = channels_last_codes(weight, (c_out, c_in, k));
         Self {
             #[cfg(not(target_arch = "wasm32"))]
-            packed: {
-                let transposed = NdTensorView::from_data_with_strides(
-                    [patch_len, c_out],
-                    &codes[..],
-                    [1, patch_len],
-                )
-                .expect("the codes hold c_out x patch_len values");
-                Int8Gemm::default().prepack_b(transposed)
-            },
+            packed: ChannelPart::pack(&codes, (c_out, patch_len)),
             #[cfg(target_arch = "wasm32")]
             rows: codes,
             patch_len,
@@ -116,6 +127,31 @@ impl Int8Weight {
     pub fn patch_len(&self) -> usize {
         self.patch_len
     }
+}
+
+/// A (c_out, c_in, k, k) kernel's int8 codes as (c_out, patch_len) rows in (ky, kx, c) order,
+/// and a scale per output channel.
+fn channels_last_codes(
+    weight: &[f32],
+    (c_out, c_in, k): (usize, usize, usize),
+) -> (Vec<i8>, Vec<f32>) {
+    let patch_len = c_in * k * k;
+    assert_eq!(weight.len(), c_out * patch_len);
+    if k == 1 {
+        return quantize_rows(weight, c_out);
+    }
+    let mut channels_last = vec![0f32; weight.len()];
+    for (row, out) in weight
+        .chunks(patch_len)
+        .zip(channels_last.chunks_mut(patch_len))
+    {
+        for c in 0..c_in {
+            for window in 0..k * k {
+                out[window * c_in + c] = row[c * k * k + window];
+            }
+        }
+    }
+    quantize_rows(&channels_last, c_out)
 }
 
 /// The largest of `values`, or `None` when one is negative, NaN or infinite.
@@ -198,135 +234,252 @@ fn quantize_block(
     }
 }
 
-/// `y += scale * (weight @ patches^T)`, `y` (c_out, positions) row-major, `patches` the
-/// (positions, patch_len) row-major codes (`Geometry::patch_rows`) with activation scale
-/// `scale`.
-pub fn accumulate_product(y: &mut [f32], weight: &Int8Weight, patches: &[u8], scale: f32) {
-    #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
-    crate::ops::int8_rows::accumulate_relaxed(y, &weight.rows, &weight.scales, patches, scale);
-    #[cfg(all(target_arch = "wasm32", not(feature = "relaxed-simd")))]
-    crate::ops::int8_rows::accumulate::<crate::ops::int8_rows::Simd128>(
-        y,
-        &weight.rows,
-        &weight.scales,
-        patches,
-        scale,
-    );
+/// `relu?(start + scale * (weight @ patches^T))` into `y` ((c_out, positions) row-major): the
+/// patches are those of `geometry` over the channels-last `codes` (activation scale `scale`),
+/// the start and the ReLU `epilogue`'s.
+pub(super) fn convolve(
+    y: &mut [f32],
+    geometry: &Geometry,
+    codes: &[u8],
+    weight: &Int8Weight,
+    scale: f32,
+    epilogue: &Epilogue,
+) {
+    assert_eq!(y.len(), weight.c_out() * geometry.positions());
+    #[cfg(target_arch = "wasm32")]
+    in_page(y, geometry, codes, epilogue, |y, patches| {
+        #[cfg(feature = "relaxed-simd")]
+        crate::ops::int8_rows::accumulate_relaxed(y, &weight.rows, &weight.scales, patches, scale);
+        #[cfg(not(feature = "relaxed-simd"))]
+        crate::ops::int8_rows::accumulate::<crate::ops::int8_rows::Simd128>(
+            y,
+            &weight.rows,
+            &weight.scales,
+            patches,
+            scale,
+        );
+    });
     #[cfg(not(target_arch = "wasm32"))]
-    accumulate_with_rten(y, weight, patches, scale);
+    natively(y, geometry, codes, weight, scale, epilogue);
 }
 
-/// `accumulate_product` natively: rten-gemm's int8 kernels, then the (positions, c_out) sums
-/// scaled onto the (c_out, positions) output.
+/// `convolve` in the page: the output started, the product accumulated onto it by `accumulate`
+/// (`int8_rows`, from all the patch rows), then the ReLU.
+#[cfg(any(target_arch = "wasm32", test))]
+fn in_page(
+    y: &mut [f32],
+    geometry: &Geometry,
+    codes: &[u8],
+    epilogue: &Epilogue,
+    accumulate: impl FnOnce(&mut [f32], &[u8]),
+) {
+    epilogue.fill(y, 0);
+    let mut scratch = Vec::new();
+    accumulate(
+        y,
+        geometry.patch_rows(codes, 0..geometry.positions(), &mut scratch),
+    );
+    epilogue.finish(y);
+}
+
+/// `convolve` natively, with one split: each thread takes a band of output positions or a
+/// part of the output channels, whichever operand is larger (the patches or the weight), builds
+/// its patch rows, sums its products with rten-gemm and finishes its outputs. Splitting each step on its own (the quantizer, the product
+/// by rten's blocks, the scaling by channels) made two threads slower than one: every step
+/// forked and joined and moved its data between cores.
 #[cfg(not(target_arch = "wasm32"))]
-fn accumulate_with_rten(y: &mut [f32], weight: &Int8Weight, patches: &[u8], scale: f32) {
-    let (c_out, patch_len) = (weight.c_out(), weight.patch_len());
-    let positions = patches.len() / patch_len.max(1);
-    assert_eq!(y.len(), c_out * positions);
-    let lhs = NdTensorView::from_data_with_strides([positions, patch_len], patches, [patch_len, 1])
-        .expect("the patches hold positions x patch_len codes");
-    // Written whole by the product: no zeroing first.
-    let mut output = Vec::with_capacity(positions * c_out);
-    // The executor is not Send, so the op cannot keep one; making one only picks the kernel
-    // this CPU supports (the same each time, which the prepacked layout relies on).
-    let sums: &[i32] = Int8Gemm::default()
-        .gemm_uninit(
-            &mut output.spare_capacity_mut()[..positions * c_out],
-            GemmInputA::Unpacked(lhs),
-            GemmInputB::Packed(&weight.packed),
-            GemmUninitOptions::default(),
-        )
-        .expect("the product's shapes agree by construction");
-    // (positions, c_out) sums -> the (c_out, positions) output, a block of positions at a time
-    // so that the rows of sums it reads stay in cache; a band of channels per thread (this and
-    // the quantizer on both threads: int8 / onnxruntime at 2 threads 1.43-1.77x against
-    // 1.57-2.35x with one, three alternating runs of the inference bench).
-    const BLOCK: usize = 16;
-    let band = c_out.div_ceil(crate::ops::threads()).max(1);
-    for_each_chunk_mut(y, band * positions, |b, y| {
-        let first_channel = b * band;
-        let scales = &weight.scales[first_channel..][..y.len() / positions];
-        // Four channels x four positions at a time in registers where there are four of each.
-        let tiled_channels = match cfg!(target_arch = "x86_64") {
-            true => scales.len() / 4 * 4,
-            false => 0,
+fn natively(
+    y: &mut [f32],
+    geometry: &Geometry,
+    codes: &[u8],
+    weight: &Int8Weight,
+    scale: f32,
+    epilogue: &Epilogue,
+) {
+    let positions = geometry.positions();
+    let parts = &weight.packed;
+    let by_channels = parts.len() > 1 && positions < weight.c_out();
+    let tasks = match by_channels {
+        true => parts.len(),
+        false => crate::ops::threads().min(positions.div_ceil(4)).max(1),
+    };
+    let band = positions.div_ceil(tasks).next_multiple_of(4);
+    let output = OutputRows {
+        first: y.as_mut_ptr(),
+        positions,
+        output: std::marker::PhantomData,
+    };
+    crate::ops::for_each_index(tasks, |t| {
+        let (range, parts) = match by_channels {
+            true => (0..positions, &parts[t..t + 1]),
+            false => (t * band..((t + 1) * band).min(positions), &parts[..]),
         };
-        for first in (0..positions).step_by(BLOCK) {
-            let end = (first + BLOCK).min(positions);
-            let tiled_end = first + (end - first) / 4 * 4;
-            #[cfg(target_arch = "x86_64")]
-            for i in (0..tiled_channels).step_by(4) {
-                let factors = std::array::from_fn(|k| scale * scales[i + k]);
-                for p in (first..tiled_end).step_by(4) {
-                    let at = Tile4 {
-                        channel: (i, first_channel + i),
-                        position: p,
-                    };
-                    // SAFETY: channels i..i + 4 of this band and positions p..p + 4 exist.
-                    unsafe { add_scaled_tile(y, positions, sums, c_out, at, factors) };
-                }
-            }
-            for (i, &weight_scale) in scales.iter().enumerate() {
-                let (c, factor) = (first_channel + i, scale * weight_scale);
-                let rest = match i < tiled_channels {
-                    true => tiled_end..end,
-                    false => first..end,
-                };
-                let row = &mut y[i * positions..][rest.clone()];
-                for (value, p) in row.iter_mut().zip(rest) {
-                    *value += factor * sums[p * c_out + c] as f32;
-                }
-            }
+        if range.is_empty() {
+            return;
+        }
+        let mut scratch = Vec::new();
+        let patches = geometry.patch_rows(codes, range.clone(), &mut scratch);
+        for part in parts {
+            let sums = product(&part.packed, patches, part.channels.len());
+            // SAFETY: `y` holds c_out rows of `positions`, and no two tasks share a channel
+            // at a position.
+            let mut rows = unsafe { output.band(part.channels.clone(), range.clone()) };
+            let at = (part.channels.start, range.start);
+            let scales = &weight.scales[part.channels.clone()];
+            write_band(&mut rows, at, &sums, (scales, scale), epilogue);
         }
     });
 }
 
-/// Where a four-by-four tile of `add_scaled_tile` lies.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Tile4 {
-    /// The first channel in the band's `y`, and in `sums`.
-    channel: (usize, usize),
-    position: usize,
+/// The (positions, channels) sums of the products of `patches`' rows and a part's codes.
+#[cfg(not(target_arch = "wasm32"))]
+fn product(packed: &PackedBMatrix<i8>, patches: &[u8], channels: usize) -> Vec<i32> {
+    let patch_len = packed.rows();
+    let positions = patches.len() / patch_len.max(1);
+    let lhs = NdTensorView::from_data_with_strides([positions, patch_len], patches, [patch_len, 1])
+        .expect("the patches hold positions x patch_len codes");
+    let mut sums = Vec::with_capacity(positions * channels);
+    // The executor is not Send, so the op cannot keep one; making one only picks the kernel
+    // this CPU supports (the same each time, which the prepacked layout relies on).
+    Int8Gemm::default()
+        .gemm_uninit(
+            &mut sums.spare_capacity_mut()[..positions * channels],
+            GemmInputA::Unpacked(lhs),
+            GemmInputB::Packed(packed),
+            GemmUninitOptions::default(),
+        )
+        .expect("the product's shapes agree by construction");
+    // SAFETY: gemm_uninit wrote every one of the positions x channels sums.
+    unsafe { sums.set_len(positions * channels) };
+    sums
 }
 
-/// `y[i + k][p..p + 4] += factors[k] * sums[p..p + 4][c + k]` for k in 0..4, as the scalar loop
-/// computes it (a product, then a sum): the (positions, channels) sums transposed in registers.
+/// The (c_out, positions) output, handed to threads as disjoint blocks.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Clone, Copy)]
+struct OutputRows<'a> {
+    first: *mut f32,
+    positions: usize,
+    output: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: only `band` reaches the memory, and its callers take disjoint blocks.
+#[cfg(not(target_arch = "wasm32"))]
+unsafe impl Sync for OutputRows<'_> {}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl<'a> OutputRows<'a> {
+    /// Rows `channels`, each at positions `range`.
+    ///
+    /// # Safety
+    /// The output holds those rows of `positions`, `range` lies within a row, and no other
+    /// slice of these channels and positions is alive.
+    unsafe fn band(
+        self,
+        channels: std::ops::Range<usize>,
+        range: std::ops::Range<usize>,
+    ) -> Vec<&'a mut [f32]> {
+        debug_assert!(range.end <= self.positions);
+        channels
+            .map(|c| {
+                let start = self.first.add(c * self.positions + range.start);
+                std::slice::from_raw_parts_mut(start, range.len())
+            })
+            .collect()
+    }
+}
+
+/// A block's outputs from its (positions, channels) sums: `rows[i][j]`, output channel
+/// `first_channel + i` at position `first_position + j`, starts as the epilogue's start, then
+/// `scale * scales[i] * sum` is added and the ReLU applied in one pass: the page's arithmetic.
+/// (Starting each output inside that pass, reading the residual there, made one thread 10-40%
+/// slower on layer1's 3136 positions at 224: two strided streams per channel instead of one.)
+#[cfg(not(target_arch = "wasm32"))]
+fn write_band(
+    rows: &mut [&mut [f32]],
+    (first_channel, first_position): (usize, usize),
+    sums: &[i32],
+    (scales, scale): (&[f32], f32),
+    epilogue: &Epilogue,
+) {
+    let channels = rows.len();
+    let len = sums.len() / channels.max(1);
+    // A block of positions at a time, so that the rows of sums it reads stay in cache.
+    const BLOCK: usize = 16;
+    // Four channels x four positions at a time in registers where there are four of each.
+    let tiled_channels = match cfg!(target_arch = "x86_64") {
+        true => channels / 4 * 4,
+        false => 0,
+    };
+    for (i, row) in rows.iter_mut().enumerate() {
+        epilogue.fill_row(row, first_channel + i, first_position);
+    }
+    for first in (0..len).step_by(BLOCK) {
+        let end = (first + BLOCK).min(len);
+        let tiled_end = first + (end - first) / 4 * 4;
+        #[cfg(target_arch = "x86_64")]
+        for i in (0..tiled_channels).step_by(4) {
+            let factors = std::array::from_fn(|k| scale * scales[i + k]);
+            for j in (first..tiled_end).step_by(4) {
+                // SAFETY: rows i..i + 4 and block positions j..j + 4 exist.
+                unsafe { finish_tile(rows, sums, (i, j), factors, epilogue) };
+            }
+        }
+        for (i, row) in rows.iter_mut().enumerate() {
+            let factor = scale * scales[i];
+            let rest = match i < tiled_channels {
+                true => tiled_end..end,
+                false => first..end,
+            };
+            for j in rest {
+                let product = factor * sums[j * channels + i] as f32;
+                row[j] = epilogue.activate(row[j] + product);
+            }
+        }
+    }
+}
+
+/// Rows `i..i + 4` at block positions `j..j + 4`: their start plus `factors[k]` times the
+/// (positions, channels) sums transposed in registers, then the ReLU; the same operations in
+/// the same order as the scalar loop.
 ///
 /// # Safety
-/// Rows `i..i + 4` of `y` ((channels, positions)) and positions `p..p + 4` exist, and `sums`
-/// ((positions, c_out)) holds channels `c..c + 4` at those positions.
+/// Rows `i..i + 4` exist and hold block positions `j..j + 4`, and so does `sums` ((block
+/// positions, rows)).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn add_scaled_tile(
-    y: &mut [f32],
-    positions: usize,
+unsafe fn finish_tile(
+    rows: &mut [&mut [f32]],
     sums: &[i32],
-    c_out: usize,
-    Tile4 {
-        channel: (i, c),
-        position: p,
-    }: Tile4,
+    (i, j): (usize, usize),
     factors: [f32; 4],
+    epilogue: &Epilogue,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!((i + 3) * positions + p + 4 <= y.len() && p + 4 <= positions);
-    debug_assert!((p + 3) * c_out + c + 4 <= sums.len() && c + 4 <= c_out);
-    let row = |k: usize| _mm_loadu_si128(sums.as_ptr().add((p + k) * c_out + c).cast());
+    let channels = rows.len();
+    debug_assert!(i + 4 <= channels && (j + 3) * channels + i + 4 <= sums.len());
+    let row = |k: usize| _mm_loadu_si128(sums.as_ptr().add((j + k) * channels + i).cast());
     let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
     // Unit pairs (position, channel): low (0,0) (1,0) (0,1) (1,1), high the same of 2 and 3.
     let (low01, low23) = (_mm_unpacklo_epi32(r0, r1), _mm_unpacklo_epi32(r2, r3));
     let (high01, high23) = (_mm_unpackhi_epi32(r0, r1), _mm_unpackhi_epi32(r2, r3));
-    let channels = [
+    let transposed = [
         _mm_unpacklo_epi64(low01, low23),
         _mm_unpackhi_epi64(low01, low23),
         _mm_unpacklo_epi64(high01, high23),
         _mm_unpackhi_epi64(high01, high23),
     ];
-    for (k, (sums, factor)) in channels.into_iter().zip(factors).enumerate() {
-        let dst = y.as_mut_ptr().add((i + k) * positions + p);
+    for (k, (sums, factor)) in transposed.into_iter().zip(factors).enumerate() {
+        let out = &mut rows[i + k][j..j + 4];
+        let start = _mm_loadu_ps(out.as_ptr());
         let product = _mm_mul_ps(_mm_set1_ps(factor), _mm_cvtepi32_ps(sums));
-        _mm_storeu_ps(dst, _mm_add_ps(_mm_loadu_ps(dst), product));
+        let value = _mm_add_ps(start, product);
+        // max(v, 0) returns its second operand unless v > 0, as `float::relu`: NaN becomes 0.
+        let value = match epilogue.relu {
+            true => _mm_max_ps(value, _mm_setzero_ps()),
+            false => value,
+        };
+        _mm_storeu_ps(out.as_mut_ptr(), value);
     }
 }
 
@@ -403,6 +556,22 @@ mod tests {
         assert!(codes.iter().all(|&c| c == 0));
     }
 
+    /// A `geometry` convolution of `c_out` channels over `c_in` x `size` x `size` images.
+    fn geometry(
+        c_in: usize,
+        size: (usize, usize),
+        c_out: usize,
+        k: usize,
+        stride: usize,
+    ) -> Geometry {
+        let config = candle_nn::Conv2dConfig {
+            padding: k / 2,
+            stride,
+            ..Default::default()
+        };
+        Geometry::new((1, c_in, size.0, size.1), (c_out, c_in, k, k), config).unwrap()
+    }
+
     #[test]
     fn the_int8_product_is_the_float_product_within_the_quantization_error() {
         let (c_out, patch_len, positions) = (37, 70, 53);
@@ -415,13 +584,21 @@ mod tests {
         // channels-last codes the kernel's rows.
         let mut codes = Vec::new();
         let scale = quantize_activations(&patches, patch_len, &mut codes).unwrap();
-        let bias = 0.25;
-        let mut y = vec![bias; c_out * positions];
-        accumulate_product(
+        let bias = vec![0.25; c_out];
+        let epilogue = Epilogue {
+            bias: &bias,
+            residual: None,
+            relu: false,
+            positions,
+        };
+        let mut y = vec![0.0; c_out * positions];
+        convolve(
             &mut y,
-            &Int8Weight::new(&weight, (c_out, patch_len, 1)),
+            &geometry(patch_len, (1, positions), c_out, 1, 1),
             &codes,
+            &Int8Weight::new(&weight, (c_out, patch_len, 1)),
             scale,
+            &epilogue,
         );
         let mut largest_error = 0f32;
         for c in 0..c_out {
@@ -429,7 +606,7 @@ mod tests {
                 let exact: f32 = (0..patch_len)
                     .map(|k| weight[c * patch_len + k] * patches[k * positions + p])
                     .sum::<f32>()
-                    + bias;
+                    + bias[c];
                 largest_error = largest_error.max((y[c * positions + p] - exact).abs());
             }
         }
@@ -439,40 +616,68 @@ mod tests {
         assert!(largest_error > 0.0, "an int8 product cannot be exact here");
     }
 
-    /// The native product (rten-gemm, then its sums scaled onto the output four by four) gives
-    /// the page kernel's bits: the answers of `trainer predict` and the page rest on it. Channel
-    /// and position counts leave partial tiles, and more than one thread splits the channels.
+    /// The native convolution (a band of positions or a part of the channels per thread
+    /// through rten-gemm, its sums written four by four with start and ReLU) gives the page's
+    /// bits (start, `int8_rows`, ReLU): the answers of `trainer predict` and the page rest on
+    /// it. Shapes leave partial tiles, bands and parts; one thread and three.
     #[test]
-    fn the_native_product_gives_the_page_kernels_bits() {
-        for (c_out, patch_len, positions) in [(37, 64, 53), (64, 128, 16), (3, 16, 5)] {
-            let weight = values(c_out * patch_len, 3);
-            let image: Vec<f32> = values(patch_len * positions, 4)
-                .into_iter()
-                .map(|v| v.max(0.0))
-                .collect();
-            let mut codes = Vec::new();
-            let scale = quantize_activations(&image, patch_len, &mut codes).unwrap();
-            let start: Vec<f32> = values(c_out * positions, 5);
-            let mut native = start.clone();
-            accumulate_product(
-                &mut native,
-                &Int8Weight::new(&weight, (c_out, patch_len, 1)),
-                &codes,
-                scale,
-            );
-            let (rows, scales) = quantize_rows(&weight, c_out);
-            let mut page = start;
-            crate::ops::int8_rows::accumulate::<crate::ops::int8_rows::Portable<16>>(
-                &mut page, &rows, &scales, &codes, scale,
-            );
-            let same = native
-                .iter()
-                .zip(&page)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(
-                same,
-                "{c_out}x{patch_len}x{positions}: native and page differ"
-            );
+    fn the_native_convolution_gives_the_page_kernels_bits() {
+        let shapes = [
+            // c_in, (h, w), c_out, k, stride
+            (64, (1, 53), 37, 1, 1),
+            (128, (4, 4), 64, 1, 1),
+            (16, (1, 5), 3, 1, 1),
+            (16, (9, 7), 24, 3, 1),
+            (32, (10, 10), 19, 3, 2),
+            (20, (7, 9), 40, 1, 2),
+            // Fewer positions than channels: a part of the channels per thread.
+            (32, (3, 3), 200, 3, 1),
+            (16, (4, 4), 130, 1, 1),
+        ];
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for (c_in, size, c_out, k, stride) in shapes {
+                let g = geometry(c_in, size, c_out, k, stride);
+                let weight = values(c_out * g.patch_len(), 3);
+                let image: Vec<f32> = values(g.in_len(), 4)
+                    .into_iter()
+                    .map(|v| v.max(0.0))
+                    .collect();
+                let mut codes = Vec::new();
+                let scale = quantize_activations(&image, c_in, &mut codes).unwrap();
+                let positions = g.positions();
+                let (bias, residual) = (values(c_out, 5), values(c_out * positions, 6));
+                for (residual, relu) in [(None, false), (Some(&residual[..]), true)] {
+                    let epilogue = Epilogue {
+                        bias: &bias,
+                        residual,
+                        relu,
+                        positions,
+                    };
+                    // Packed in as many channel parts as the pool has threads.
+                    let int8 = pool.install(|| Int8Weight::new(&weight, (c_out, c_in, k)));
+                    let mut native = vec![f32::NAN; c_out * positions];
+                    pool.install(|| convolve(&mut native, &g, &codes, &int8, scale, &epilogue));
+                    let (rows, scales) = channels_last_codes(&weight, (c_out, c_in, k));
+                    let mut page = vec![f32::NAN; c_out * positions];
+                    in_page(&mut page, &g, &codes, &epilogue, |y, patches| {
+                        crate::ops::int8_rows::accumulate::<crate::ops::int8_rows::Portable<16>>(
+                            y, &rows, &scales, patches, scale,
+                        )
+                    });
+                    let same = native
+                        .iter()
+                        .zip(&page)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{threads} threads, {c_in}x{size:?} -> {c_out}, k {k} stride {stride}, relu {relu}: native and page differ"
+                    );
+                }
+            }
         }
     }
 }
