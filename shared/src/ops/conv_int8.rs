@@ -181,12 +181,21 @@ pub fn quantize_activations(image: &[f32], channels: usize, codes: &mut Vec<u8>)
     let positions = image.len() / channels.max(1);
     codes.clear();
     codes.resize(image.len(), 0);
-    // A block of positions at a time, so that the rows written stay in cache.
+    // One share of the positions per thread, a block of positions at a time within it, so that
+    // the rows written stay in cache; a small image on one thread (quantizing 32K values takes
+    // about as long as a fork costs).
     const BLOCK: usize = 2 * TILE;
-    for_each_chunk_mut(codes, BLOCK * channels, |block, codes| {
-        let first = block * BLOCK;
-        let end = first + codes.len() / channels.max(1);
-        quantize_block(image, positions, first..end, inverse, codes, channels);
+    let shares = match image.len() < 1 << 15 {
+        true => 1,
+        false => crate::ops::threads(),
+    };
+    let share = positions.div_ceil(shares).next_multiple_of(BLOCK);
+    for_each_chunk_mut(codes, share * channels, |s, codes| {
+        for (b, codes) in codes.chunks_mut(BLOCK * channels).enumerate() {
+            let first = s * share + b * BLOCK;
+            let end = first + codes.len() / channels.max(1);
+            quantize_block(image, positions, first..end, inverse, codes, channels);
+        }
     });
     Some(scale)
 }
