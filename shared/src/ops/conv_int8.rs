@@ -293,9 +293,10 @@ fn in_page(
 
 /// `convolve` natively, with one split: each thread takes a band of output positions or a
 /// part of the output channels, whichever operand is larger (the patches or the weight), builds
-/// its patch rows, sums its products with rten-gemm and finishes its outputs. Splitting each step on its own (the quantizer, the product
-/// by rten's blocks, the scaling by channels) made two threads slower than one: every step
-/// forked and joined and moved its data between cores.
+/// its patch rows, sums its products with rten-gemm and finishes its outputs. Splitting each
+/// step on its own (the product by rten's blocks, the bias fill, the scaling by channels, the
+/// ReLU) forked several times per convolution or left serial passes, and two threads were no
+/// faster than one (README, "Two threads, one image").
 #[cfg(not(target_arch = "wasm32"))]
 fn natively(
     y: &mut [f32],
