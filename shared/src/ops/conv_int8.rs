@@ -308,10 +308,13 @@ fn natively(
 ) {
     let positions = geometry.positions();
     let parts = &weight.packed;
-    let by_channels = parts.len() > 1 && positions < weight.c_out();
+    let threads = crate::ops::threads();
+    // One thread (an image per thread in a folder) takes every part in one task, on one set of
+    // patch rows.
+    let by_channels = threads > 1 && parts.len() > 1 && positions < weight.c_out();
     let tasks = match by_channels {
         true => parts.len(),
-        false => crate::ops::threads().min(positions.div_ceil(4)).max(1),
+        false => threads.min(positions.div_ceil(4)).max(1),
     };
     let band = positions.div_ceil(tasks).next_multiple_of(4);
     let output = OutputRows {
@@ -629,7 +632,7 @@ mod tests {
     /// The native convolution (a band of positions or a part of the channels per thread
     /// through rten-gemm, its sums written four by four with start and ReLU) gives the page's
     /// bits (start, `int8_rows`, ReLU): the answers of `trainer predict` and the page rest on
-    /// it. Shapes leave partial tiles, bands and parts; one thread and three.
+    /// it. Shapes leave partial tiles, bands and parts.
     #[test]
     fn the_native_convolution_gives_the_page_kernels_bits() {
         let shapes = [
@@ -644,11 +647,16 @@ mod tests {
             (32, (3, 3), 200, 3, 1),
             (16, (4, 4), 130, 1, 1),
         ];
-        for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
+        let pool = |threads| {
+            rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
-                .unwrap();
+                .unwrap()
+        };
+        // Threads the weight is packed with (a channel part each), threads it runs on: the
+        // last is a folder's image per thread with weights packed for the whole machine.
+        for (packed_with, threads) in [(1, 1), (3, 3), (3, 1)] {
+            let (packing, pool) = (pool(packed_with), pool(threads));
             for (c_in, size, c_out, k, stride) in shapes {
                 let g = geometry(c_in, size, c_out, k, stride);
                 let weight = values(c_out * g.patch_len(), 3);
@@ -668,7 +676,7 @@ mod tests {
                         positions,
                     };
                     // Packed in as many channel parts as the pool has threads.
-                    let int8 = pool.install(|| Int8Weight::new(&weight, (c_out, c_in, k)));
+                    let int8 = packing.install(|| Int8Weight::new(&weight, (c_out, c_in, k)));
                     let mut native = vec![f32::NAN; c_out * positions];
                     pool.install(|| convolve(&mut native, &g, &codes, &int8, scale, &epilogue));
                     let (rows, scales) = channels_last_codes(&weight, (c_out, c_in, k));
@@ -684,7 +692,7 @@ mod tests {
                         .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(
                         same,
-                        "{threads} threads, {c_in}x{size:?} -> {c_out}, k {k} stride {stride}, relu {relu}: native and page differ"
+                        "{packed_with}/{threads} threads, {c_in}x{size:?} -> {c_out}, k {k} stride {stride}, relu {relu}: native and page differ"
                     );
                 }
             }
