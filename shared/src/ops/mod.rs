@@ -37,8 +37,8 @@ pub(crate) fn threads() -> usize {
 /// its threads from sleep and puts the caller to sleep until they finish; from inside, the
 /// other thread steals from the caller's own queue. In this project's 2-core VM a fork of two
 /// 100 us halves cost 17-190 us from outside and 2-44 us from inside (the longer the serial
-/// gap before it, the more), and a forward pass forks a few hundred times.
-pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+/// gap before it, the more), and a forward pass forks several times per convolution.
+pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if threads() > 1 && rayon::current_thread_index().is_none() {
         rayon::scope(|_| f())
     } else {
