@@ -357,14 +357,15 @@ impl ResNet50 {
         watch: &mut Stopwatch,
     ) -> Result<ResNetOutput> {
         // Each group on the thread pool: its ops' forks start from there (`ops::on_pool`).
-        let mut x = on_pool(|| {
+        let device = x.device().clone();
+        let mut x = on_pool(&device, || {
             let x = self.stem_forward(x, train)?; // (N, 64, H/2, W/2)
             stem_max_pool(&x, train) // (N, 64, H/4, W/4)
         })?;
         watch.lap("stem");
         let mut layer2_map = None;
         for (index, stage) in self.stages.iter().enumerate() {
-            x = on_pool(|| {
+            x = on_pool(&device, || {
                 stage
                     .iter()
                     .try_fold(x, |x, block| block.forward_t(&x, train))

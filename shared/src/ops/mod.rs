@@ -5,7 +5,7 @@
 //! matrix product and the slice helpers they share. Other devices run candle's own tensor ops
 //! instead.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
 pub mod batch_norm;
@@ -37,9 +37,11 @@ pub(crate) fn threads() -> usize {
 /// its threads from sleep and puts the caller to sleep until they finish; from inside, the
 /// other thread steals from the caller's own queue. In this project's 2-core VM a fork of two
 /// 100 us halves cost 17-190 us from outside and 2-44 us from inside (the longer the serial
-/// gap before it, the more), and a forward pass forks several times per convolution.
-pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if threads() > 1 && rayon::current_thread_index().is_none() {
+/// gap before it, the more), and a forward pass forks several times per convolution. Work on
+/// another device than the CPU stays on the calling thread (a CUDA context is bound to a
+/// thread).
+pub(crate) fn on_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu() && threads() > 1 && rayon::current_thread_index().is_none() {
         rayon::scope(|_| f())
     } else {
         f()
@@ -111,8 +113,9 @@ mod tests {
     #[test]
     fn on_pool_runs_on_a_pool_thread_where_there_are_several() {
         // From the test's own thread: on a pool thread when the global pool has two or more.
+        let cpu = &Device::Cpu;
         assert_eq!(
-            on_pool(|| rayon::current_thread_index().is_some()),
+            on_pool(cpu, || rayon::current_thread_index().is_some()),
             threads() > 1
         );
         // Already on a pool thread: right there, on the same thread.
@@ -122,8 +125,8 @@ mod tests {
             .unwrap();
         pool.install(|| {
             let here = std::thread::current().id();
-            assert_eq!(on_pool(|| std::thread::current().id()), here);
+            assert_eq!(on_pool(cpu, || std::thread::current().id()), here);
         });
-        assert_eq!(on_pool(|| 6 * 7), 42);
+        assert_eq!(on_pool(cpu, || 6 * 7), 42);
     }
 }
