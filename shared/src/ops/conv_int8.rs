@@ -123,10 +123,6 @@ impl Int8Weight {
     pub fn c_out(&self) -> usize {
         self.scales.len()
     }
-
-    pub fn patch_len(&self) -> usize {
-        self.patch_len
-    }
 }
 
 /// A (c_out, c_in, k, k) kernel's int8 codes as (c_out, patch_len) rows in (ky, kx, c) order,
