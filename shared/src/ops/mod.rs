@@ -5,6 +5,8 @@
 //! matrix product and the slice helpers they share. Other devices run candle's own tensor ops
 //! instead.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
@@ -33,18 +35,55 @@ pub(crate) fn threads() -> usize {
     }
 }
 
-/// `f()` on one of rayon's threads when there are several. A fork from outside the pool wakes
-/// its threads from sleep and puts the caller to sleep until they finish; from inside, the
-/// other thread steals from the caller's own queue. In this project's 2-core VM a fork of two
-/// 100 us halves cost 17-190 us from outside and 2-44 us from inside (the longer the serial
-/// gap before it, the more), and a forward pass forks several times per convolution. Work on
-/// another device than the CPU stays on the calling thread (a CUDA context is bound to a
-/// thread).
+/// `f()` on one of rayon's threads when there are several, the others kept looking for its
+/// forks meanwhile (`keep_stealing`). A fork from outside the pool wakes its threads from sleep
+/// and puts the caller to sleep until they finish; from inside, the other thread steals from
+/// the caller's own queue. In this project's 2-core VM a fork of two 100 us halves cost
+/// 17-190 us from outside and 2-44 us from inside (the longer the serial gap before it, the
+/// more), and a forward pass forks several times per convolution. Work on another device than
+/// the CPU stays on the calling thread (a CUDA context is bound to a thread).
 pub(crate) fn on_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
-    if device.is_cpu() && threads() > 1 && rayon::current_thread_index().is_none() {
-        rayon::scope(|_| f())
-    } else {
-        f()
+    if !(device.is_cpu() && threads() > 1 && rayon::current_thread_index().is_none()) {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|scope| {
+        let caller = rayon::current_thread_index();
+        for _ in 1..threads() {
+            let done = &done;
+            scope.spawn(move |_| keep_stealing(done, caller));
+        }
+        let result = f();
+        done.store(true, Ordering::Release);
+        result
+    })
+}
+
+/// Rounds without work after which `keep_stealing` gives its thread back (a round, a look at
+/// every queue, takes about 0.1 us here).
+const IDLE_ROUNDS: u32 = 4096;
+
+/// Runs the pool's work as it comes until `done`. An idle rayon thread goes to sleep within
+/// microseconds, and the next fork then waits for it to wake: between two convolutions (the
+/// serial steps, candle's bookkeeping) it had always gone to sleep. Kept busy here, it takes
+/// each fork at once: one image's forward at 112x112 on two threads took 0.88x the time
+/// (README, "Two threads kept awake"). Never on the `caller`'s thread (waiting for a fork of
+/// its own, it would wait here for its own `done`), and not for long without work: a thread
+/// that took this job while waiting for a fork of another computation (several forwards
+/// sharing the pool) goes back to it.
+fn keep_stealing(done: &AtomicBool, caller: Option<usize>) {
+    if rayon::current_thread_index() == caller {
+        return;
+    }
+    let mut idle = 0;
+    while !done.load(Ordering::Acquire) && idle < IDLE_ROUNDS {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => idle = 0,
+            _ => {
+                idle += 1;
+                std::hint::spin_loop();
+            }
+        }
     }
 }
 
@@ -128,5 +167,58 @@ mod tests {
             assert_eq!(on_pool(cpu, || std::thread::current().id()), here);
         });
         assert_eq!(on_pool(cpu, || 6 * 7), 42);
+    }
+
+    #[test]
+    fn keep_stealing_gives_its_thread_back_without_work() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let never = AtomicBool::new(false);
+        // On a pool thread that is not the caller's, with nothing queued: it returns although
+        // `done` never comes.
+        pool.install(|| keep_stealing(&never, None));
+        // On the caller's own thread: at once.
+        pool.install(|| keep_stealing(&never, rayon::current_thread_index()));
+        // Done: at once.
+        pool.install(|| keep_stealing(&AtomicBool::new(true), None));
+    }
+
+    /// Forward passes from several threads at once share the global pool: one caller's
+    /// stealing job may run on a thread that another caller's forks wait on, and every caller
+    /// still finishes with its own results.
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn concurrent_callers_each_get_their_forks_done() {
+        let cpu = &Device::Cpu;
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let callers: Vec<_> = (0..4u64)
+                .map(|caller| {
+                    s.spawn(move || {
+                        (0..50u64)
+                            .map(|round| {
+                                // From outside the pool, as `forward_timed` calls it.
+                                on_pool(cpu, || {
+                                    let summed = std::sync::atomic::AtomicU64::new(0);
+                                    for_each_index(8, |i| {
+                                        let v = caller * 1000 + round + i as u64;
+                                        summed.fetch_add(v, Ordering::Relaxed);
+                                    });
+                                    summed.into_inner()
+                                })
+                            })
+                            .sum()
+                    })
+                })
+                .collect();
+            callers.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        for (caller, sum) in (0u64..).zip(sums) {
+            let expected: u64 = (0..50u64)
+                .flat_map(|round| (0..8u64).map(move |i| caller * 1000 + round + i))
+                .sum();
+            assert_eq!(sum, expected, "caller {caller}");
+        }
     }
 }
