@@ -179,7 +179,8 @@ fn largest_usable_shared(values: &[f32]) -> Option<f32> {
     let mut largest = vec![None; threads];
     let share = values.len().div_ceil(threads);
     for_each_chunk_mut(&mut largest, 1, |s, largest| {
-        largest[0] = largest_usable(&values[s * share..((s + 1) * share).min(values.len())]);
+        let start = (s * share).min(values.len());
+        largest[0] = largest_usable(&values[start..(start + share).min(values.len())]);
     });
     largest
         .into_iter()
