@@ -168,16 +168,15 @@ fn largest_usable(values: &[f32]) -> Option<f32> {
     (highest < f32::INFINITY.to_bits()).then(|| f32::from_bits(highest))
 }
 
-/// `largest_usable`, each thread scanning a share of a large `values` (the maximum of the
+/// `largest_usable`, each of `shares` threads scanning a share of `values` (the maximum of the
 /// shares' maxima is the same value). A serial scan before every convolution left the second
 /// thread idle for 0.3 ns per value (60 us before a 256x28x28 input).
-fn largest_usable_shared(values: &[f32]) -> Option<f32> {
-    let threads = crate::ops::threads();
-    if threads == 1 || values.len() < SHARED_FROM {
+fn largest_usable_shared(values: &[f32], shares: usize) -> Option<f32> {
+    if shares == 1 {
         return largest_usable(values);
     }
-    let mut largest = vec![None; threads];
-    let share = values.len().div_ceil(threads);
+    let mut largest = vec![None; shares];
+    let share = values.len().div_ceil(shares);
     for_each_chunk_mut(&mut largest, 1, |s, largest| {
         let start = (s * share).min(values.len());
         largest[0] = largest_usable(&values[start..(start + share).min(values.len())]);
@@ -187,14 +186,20 @@ fn largest_usable_shared(values: &[f32]) -> Option<f32> {
         .try_fold(0.0, |a, b| Some(crate::float::larger(a, b?)))
 }
 
-/// Values from which the scan and the quantizer share their work between threads: a fork
-/// costs about as much as quantizing 32K values (8K measured no faster).
-const SHARED_FROM: usize = 1 << 15;
+/// Shares, one per thread, in which the scan and the quantizer go over `values` values: one
+/// under 32K values (a fork costs about as much as quantizing 32K; 8K measured no faster).
+fn shares(values: usize) -> usize {
+    match values < 1 << 15 {
+        true => 1,
+        false => crate::ops::threads(),
+    }
+}
 
 /// A (C, H, W) image's values as (H, W, C) 7-bit codes and their scale, or `None` when one is
 /// negative (or not finite): then the caller computes in f32.
 pub fn quantize_activations(image: &[f32], channels: usize, codes: &mut Vec<u8>) -> Option<f32> {
-    let scale = match largest_usable_shared(image)? {
+    let shares = shares(image.len());
+    let scale = match largest_usable_shared(image, shares)? {
         largest if largest > 0.0 => largest / ACTIVATION_MAX,
         _ => 1.0,
     };
@@ -202,14 +207,9 @@ pub fn quantize_activations(image: &[f32], channels: usize, codes: &mut Vec<u8>)
     let positions = image.len() / channels.max(1);
     codes.clear();
     codes.resize(image.len(), 0);
-    // One share of the positions per thread, a block of positions at a time within it, so that
-    // the rows written stay in cache; a small image on one thread (quantizing 32K values takes
-    // about as long as a fork costs).
+    // A share of the positions per thread (`shares`), a block of positions at a time within
+    // it, so that the rows written stay in cache.
     const BLOCK: usize = 2 * TILE;
-    let shares = match image.len() < SHARED_FROM {
-        true => 1,
-        false => crate::ops::threads(),
-    };
     let share = positions.div_ceil(shares).next_multiple_of(BLOCK);
     for_each_chunk_mut(codes, share * channels, |s, codes| {
         for (b, codes) in codes.chunks_mut(BLOCK * channels).enumerate() {
