@@ -36,6 +36,22 @@ function cardAt(crop) {
   return JSON.stringify(moved);
 }
 
+/** Waits until `n` results are done and each has its heat map (LayerCAM, computed once no
+ * image waits). */
+async function heatMapsIn(page, n) {
+  await page.waitForFunction(
+    (n) => {
+      const done = [...document.querySelectorAll("[data-testid=result][data-status=done]")];
+      return done.length >= n && done.every((item) => item.dataset.topFineMap);
+    },
+    n,
+    { timeout: 300_000, polling: 10 },
+  );
+}
+
+/** An item's forward pass, stem to head, from its stage times. */
+const forwardMillis = (item) => FORWARD.reduce((sum, s) => sum + (item.stages[s] ?? 0), 0);
+
 async function ours(browser, crop, build) {
   const server = await serve(DIST, { overrides: { "/model.json": cardAt(crop) } });
   const context = await browser.newContext();
@@ -55,14 +71,7 @@ async function ours(browser, crop, build) {
   const batch = performance.now() - batchStart;
   // The heat maps follow once no image waits (LayerCAM: a second pass and a backward pass).
   const mapsStart = performance.now();
-  await page.waitForFunction(
-    (n) => {
-      const done = [...document.querySelectorAll("[data-testid=result][data-status=done]")];
-      return done.length >= n && done.every((item) => item.dataset.topFineMap);
-    },
-    IMAGES.length + 1,
-    { timeout: 300_000, polling: 10 },
-  );
+  await heatMapsIn(page, IMAGES.length + 1);
   const maps = performance.now() - mapsStart;
   // Then each image alone, as onnxruntime-web's forward pass is timed: given once the previous
   // image's result and heat map are in, so that no other image, heat map or model load shares
@@ -72,13 +81,7 @@ async function ours(browser, crop, build) {
     const before = IMAGES.length + 1 + alone.length;
     await page.getByTestId("file-input").setInputFiles([image]);
     alone.push((await finishedItems(page, before + 1, 300_000, 10))[before]);
-    await page.waitForFunction(
-      (n) => [...document.querySelectorAll("[data-testid=result][data-status=done]")]
-        .slice(0, n)
-        .every((item) => item.dataset.topFineMap),
-      before + 1,
-      { timeout: 300_000, polling: 10 },
-    );
+    await heatMapsIn(page, before + 1);
   }
   const failed = [...items, ...alone].filter((i) => i.status !== "done");
   if (failed.length) throw new Error(`not classified: ${failed.map((i) => i.name).join(", ")}`);
@@ -98,9 +101,9 @@ async function ours(browser, crop, build) {
     workers,
     batch,
     maps,
-    forward: median(items.map((i) => FORWARD.reduce((sum, s) => sum + (i.stages[s] ?? 0), 0))),
+    forward: median(items.map(forwardMillis)),
     perImageAlone: median(alone.map((i) => i.millis)),
-    forwardAlone: median(alone.map((i) => FORWARD.reduce((sum, s) => sum + (i.stages[s] ?? 0), 0))),
+    forwardAlone: median(alone.map(forwardMillis)),
   };
 }
 
