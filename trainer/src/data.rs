@@ -50,6 +50,15 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
+/// The names of `root`'s sub-folders, sorted.
+fn class_folder_names(root: &Path) -> Result<Vec<String>> {
+    Ok(sorted_entries(root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect())
+}
+
 impl ImageFolder {
     /// Scans `root`. Fewer than two classes, or a class folder without files, is an error.
     pub fn scan(root: &Path) -> Result<Self> {
@@ -116,17 +125,61 @@ impl ImageFolder {
     }
 
     /// Scans every root (keeping the classes in `only`, when given) and reads them as one
-    /// folder; all must have the same classes.
+    /// folder. Without `only` all must have the same classes. With it, a root may hold only some
+    /// of them (a three-class collection beside a five-class corpus), as long as together the
+    /// roots hold every one; labels follow the sorted class names, as for one root.
     pub fn scan_all(roots: &[PathBuf], only: Option<&[String]>) -> Result<Self> {
         let Some((first, rest)) = roots.split_first() else {
             bail!("no data folder given");
         };
+        if let (Some(only), false) = (only, rest.is_empty()) {
+            return Self::scan_union(roots, only);
+        }
         let mut merged = Self::scan_classes(first, only)?;
         for root in rest {
             let next = Self::scan_classes(root, only)?;
             next.expect_classes(&merged.classes)?;
             merged.roots.extend(next.roots);
             merged.samples.extend(next.samples);
+        }
+        Ok(merged)
+    }
+
+    fn scan_union(roots: &[PathBuf], only: &[String]) -> Result<Self> {
+        let mut classes = only.to_vec();
+        classes.sort();
+        classes.dedup();
+        let mut merged = Self {
+            roots: Vec::new(),
+            classes,
+            samples: Vec::new(),
+            left_out_classes: Vec::new(),
+        };
+        for root in roots {
+            let held: Vec<String> = class_folder_names(root)?
+                .into_iter()
+                .filter(|c| merged.classes.contains(c))
+                .collect();
+            let part = Self::scan_classes(root, Some(&held))?;
+            for mut sample in part.samples {
+                let class = &part.classes[sample.label];
+                sample.label = merged.classes.iter().position(|c| c == class).unwrap();
+                merged.samples.push(sample);
+            }
+            merged.roots.extend(part.roots);
+            for class in part.left_out_classes {
+                if !merged.left_out_classes.contains(&class) {
+                    merged.left_out_classes.push(class);
+                }
+            }
+        }
+        let held = |class: usize| merged.samples.iter().any(|s| s.label == class);
+        if let Some(missing) = (0..merged.classes.len()).find(|&c| !held(c)) {
+            bail!(
+                "no class folder `{}` in {}",
+                merged.classes[missing],
+                merged.describe()
+            );
         }
         Ok(merged)
     }
@@ -379,5 +432,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("a/9.png"));
+    }
+
+    fn class_tree(root: &Path, classes: &[&str]) {
+        for class in classes {
+            std::fs::create_dir_all(root.join(class)).unwrap();
+            std::fs::write(root.join(class).join(format!("{class}.png")), b"x").unwrap();
+        }
+    }
+
+    #[test]
+    fn roots_may_hold_part_of_the_classes_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (corpus, kaggle) = (dir.path().join("corpus"), dir.path().join("kaggle"));
+        class_tree(&corpus, &["a", "b", "c", "d"]);
+        class_tree(&kaggle, &["b", "d"]);
+        let only: Vec<String> = ["d", "a", "b"].iter().map(|c| c.to_string()).collect();
+        let folder = ImageFolder::scan_all(&[kaggle.clone(), corpus.clone()], Some(&only)).unwrap();
+        assert_eq!(folder.classes, ["a", "b", "d"]);
+        assert_eq!(folder.left_out_classes, ["c"]);
+        let labelled: Vec<(String, &str)> = folder
+            .samples
+            .iter()
+            .map(|s| (s.relative.clone(), folder.classes[s.label].as_str()))
+            .collect();
+        let expected = [("b/b.png", "b"), ("d/d.png", "d"), ("a/a.png", "a")];
+        for (relative, class) in expected {
+            assert!(
+                labelled.contains(&(relative.to_string(), class)),
+                "{labelled:?}"
+            );
+        }
+        assert_eq!(folder.samples.len(), 5);
+
+        let only_kaggle = ImageFolder::scan_all(&[kaggle.clone(), kaggle.clone()], Some(&only));
+        let error = only_kaggle.unwrap_err().to_string();
+        assert!(error.contains("no class folder `a`"), "{error}");
+        let unlike = ImageFolder::scan_all(&[corpus, kaggle], None).unwrap_err();
+        assert!(unlike.to_string().contains("has classes"), "{unlike}");
     }
 }
