@@ -70,6 +70,16 @@ pub struct AveragedModel {
     pub training: Option<TrainingRecord>,
 }
 
+/// The model a narrowed head was cut from (`trainer keep-classes`): the same network answering
+/// among fewer of its classes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NarrowedHead {
+    /// The classes of the model it was cut from, in its head's order.
+    pub from_classes: Vec<String>,
+    /// That model's weights.
+    pub from_sha256: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRecord {
     pub trainer_version: String,
@@ -158,6 +168,10 @@ pub struct ModelCard {
     /// first one's run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub averaged_from: Vec<AveragedModel>,
+    /// Set when the head keeps only some classes of the trained model (`trainer keep-classes`);
+    /// `training` is then that model's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_narrowed_from: Option<NarrowedHead>,
     pub intended_use: String,
     #[serde(default)]
     pub limitations: Vec<String>,

@@ -143,6 +143,57 @@ impl Checkpoint {
         model_classes: &[String],
         fresh: &VarMap,
     ) -> Result<(Self, Vec<String>)> {
+        let source = self.head_rows_for(checkpoint_classes, model_classes)?;
+        for (name, var) in named_vars(fresh)? {
+            if !name.starts_with(HEAD_PREFIX) {
+                continue;
+            }
+            let head = self.head_rows(&name, &source, Some(var.as_tensor()))?;
+            self.tensors.insert(name, head);
+        }
+        let kept = model_classes
+            .iter()
+            .zip(&source)
+            .filter(|(_, from)| from.is_some())
+            .map(|(class, _)| class.clone())
+            .collect();
+        Ok((self, kept))
+    }
+
+    /// The checkpoint with a head for `kept` only, each a class of `checkpoint_classes` (the
+    /// head's, in order): the same network answering among fewer classes, as a five-class model
+    /// read as the paper's three.
+    pub fn with_head_narrowed_to(
+        mut self,
+        checkpoint_classes: &[String],
+        kept: &[String],
+    ) -> Result<Self> {
+        let source = self.head_rows_for(checkpoint_classes, kept)?;
+        if let Some((class, _)) = kept.iter().zip(&source).find(|(_, from)| from.is_none()) {
+            return Err(Error::Checkpoint(format!(
+                "`{class}` is not one of the head's classes {checkpoint_classes:?}"
+            )));
+        }
+        let names: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|name| name.starts_with(HEAD_PREFIX))
+            .cloned()
+            .collect();
+        for name in names {
+            let head = self.head_rows(&name, &source, None)?;
+            self.tensors.insert(name, head);
+        }
+        Ok(self)
+    }
+
+    /// For each of `model_classes`, the row of the head (`checkpoint_classes`, in order) with its
+    /// name, if any. Class names that do not match the head's rows, or share none, are errors.
+    fn head_rows_for(
+        &self,
+        checkpoint_classes: &[String],
+        model_classes: &[String],
+    ) -> Result<Vec<Option<usize>>> {
         let rows = self.num_classes()?;
         if checkpoint_classes.len() != rows {
             return Err(Error::Checkpoint(format!(
@@ -159,33 +210,31 @@ impl Checkpoint {
                 "the head's classes {checkpoint_classes:?} share none with the model's {model_classes:?}"
             )));
         }
-        for (name, var) in named_vars(fresh)? {
-            if !name.starts_with(HEAD_PREFIX) {
-                continue;
-            }
-            let trained = self
-                .tensors
-                .get(&name)
-                .ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
-            let fresh_head = var.as_tensor();
-            let head_rows = source
-                .iter()
-                .enumerate()
-                .map(|(i, from)| match from {
-                    Some(j) => trained.get(*j),
-                    None => fresh_head.get(i),
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let head = Tensor::stack(&head_rows, 0)?.to_dtype(DType::F32)?;
-            self.tensors.insert(name, head);
-        }
-        let kept = model_classes
+        Ok(source)
+    }
+
+    /// Head tensor `name` (weight or bias) with its rows taken as `source` says: a trained row,
+    /// or `fresh`'s row at that position.
+    fn head_rows(
+        &self,
+        name: &str,
+        source: &[Option<usize>],
+        fresh: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let trained = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+        let rows = source
             .iter()
-            .zip(&source)
-            .filter(|(_, from)| from.is_some())
-            .map(|(class, _)| class.clone())
-            .collect();
-        Ok((self, kept))
+            .enumerate()
+            .map(|(i, from)| match (from, fresh) {
+                (Some(j), _) => trained.get(*j),
+                (None, Some(fresh)) => fresh.get(i),
+                (None, None) => unreachable!("narrowing checks every class has a row"),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?)
     }
 
     /// Copies the checkpoint into a training model's variables. When `allow_new_head` is set and

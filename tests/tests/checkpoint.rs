@@ -350,3 +350,39 @@ fn head_matching_refuses_wrong_class_lists() {
         .unwrap_err();
     assert!(disjoint.to_string().contains("share none"), "{disjoint}");
 }
+
+#[test]
+fn a_head_narrowed_to_some_classes_keeps_their_rows_and_the_backbone() {
+    let five_classes = names(&[
+        "Bacterial Pneumonia",
+        "Covid",
+        "Normal",
+        "Tuberculosis",
+        "Viral Pneumonia",
+    ]);
+    let five = Checkpoint::from_tensors(formula_weights(5));
+    let three = names(&["Covid", "Normal", "Viral Pneumonia"]);
+    let narrowed = five
+        .clone()
+        .with_head_narrowed_to(&five_classes, &three)
+        .unwrap();
+    assert_eq!(narrowed.num_classes().unwrap(), 3);
+    for name in ["fc.weight", "fc.bias"] {
+        for (row, five_row) in [(0, 1), (1, 2), (2, 4)] {
+            let err = relative_error(
+                &head_row(narrowed.tensors(), name, row),
+                &head_row(five.tensors(), name, five_row),
+            );
+            assert_eq!(err, 0.0, "{name} row {row}");
+        }
+    }
+    let conv = "layer4.2.conv3.weight";
+    assert_eq!(
+        relative_error(&narrowed.tensors()[conv], &five.tensors()[conv]),
+        0.0
+    );
+    let unknown = five
+        .with_head_narrowed_to(&five_classes, &names(&["Covid", "Pneumothorax"]))
+        .unwrap_err();
+    assert!(unknown.to_string().contains("`Pneumothorax`"), "{unknown}");
+}

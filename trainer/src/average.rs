@@ -20,7 +20,7 @@ use pneumoscope::Checkpoint;
 use crate::predict::{load_checkpoint, load_classifier};
 
 /// Tensors of the out-of-distribution gate (`pneumoscope::ood`), fitted per network.
-const GATE_PREFIX: &str = "ood.";
+pub const GATE_PREFIX: &str = "ood.";
 
 #[derive(Debug, Args)]
 pub struct AverageArgs {

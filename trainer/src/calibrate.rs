@@ -15,7 +15,7 @@ use pneumoscope::ood::{GateFeatures, GateRecord};
 use pneumoscope::operating_point::{OneVsRest, OperatingPoint};
 use pneumoscope::Classifier;
 
-use crate::data::normalized_batch;
+use crate::data::{normalized_batch, CachedImages};
 use crate::gate::{
     class_source_groups, fit_mahalanobis, held_out_of_fit, threshold_per_source, HELD_OUT_SHARE,
     MIN_GROUP_IMAGES, MIN_HELD_OUT,
@@ -91,6 +91,60 @@ fn operating_points(
         .collect()
 }
 
+/// The run's images of the model's classes, relabelled in its order, with the split renumbered.
+/// A model whose head keeps only some of the run's classes (`trainer keep-classes`) is
+/// calibrated on those classes' images alone; otherwise the data's classes must be the model's.
+fn of_model_classes(data: PreparedData, model_classes: &[String]) -> Result<PreparedData> {
+    let PreparedData {
+        images,
+        train,
+        validation,
+    } = data;
+    if images.classes == model_classes {
+        return Ok(PreparedData {
+            images,
+            train,
+            validation,
+        });
+    }
+    let label_of: Vec<Option<usize>> = images
+        .classes
+        .iter()
+        .map(|class| model_classes.iter().position(|c| c == class))
+        .collect();
+    if model_classes.iter().any(|c| !images.classes.contains(c)) {
+        bail!(
+            "the data has classes {:?}, the model {:?}",
+            images.classes,
+            model_classes
+        );
+    }
+    let mut new_index = vec![None; images.samples.len()];
+    let mut samples = Vec::new();
+    let mut pixels = Vec::new();
+    for (i, (mut sample, image)) in images.samples.into_iter().zip(images.pixels).enumerate() {
+        if let Some(label) = label_of[sample.label] {
+            sample.label = label;
+            new_index[i] = Some(samples.len());
+            samples.push(sample);
+            pixels.push(image);
+        }
+    }
+    let renumber = |indices: Vec<usize>| -> Vec<usize> {
+        indices.into_iter().filter_map(|i| new_index[i]).collect()
+    };
+    Ok(PreparedData {
+        images: CachedImages {
+            classes: model_classes.to_vec(),
+            samples,
+            pixels,
+            record: images.record,
+        },
+        train: renumber(train),
+        validation: renumber(validation),
+    })
+}
+
 pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
     let mut card = ModelCard::from_json(
         &std::fs::read_to_string(&args.card)
@@ -115,24 +169,18 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
         let checkpoint = pneumoscope::Checkpoint::from_bytes(&bytes, device)?;
         Classifier::new(checkpoint, Some(&card), device)?
     };
+    let prepared = prepare_data(&run_args, classifier.preprocessing())?;
+    if prepared.images.record.content_sha256 != training.data.content_sha256 {
+        bail!(
+            "{} is not the data this model was trained on (content hash differs); the split would not be its split",
+            prepared.images.record.root
+        );
+    }
     let PreparedData {
         images,
         train: train_idx,
         validation: val_idx,
-    } = prepare_data(&run_args, classifier.preprocessing())?;
-    if images.classes != classifier.classes() {
-        bail!(
-            "the data has classes {:?}, the model {:?}",
-            images.classes,
-            classifier.classes()
-        );
-    }
-    if images.record.content_sha256 != training.data.content_sha256 {
-        bail!(
-            "{} is not the data this model was trained on (content hash differs); the split would not be its split",
-            images.record.root
-        );
-    }
+    } = of_model_classes(prepared, classifier.classes())?;
     let labels: Vec<usize> = images.samples.iter().map(|s| s.label).collect();
     println!(
         "computing outputs for {} training and {} validation images",
@@ -243,4 +291,72 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
     // The rewritten pair must load.
     load_classifier(&args.weights, Some(&args.card), device)?;
     Ok(card)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Sample;
+    use crate::provenance::Provenance;
+    use pneumoscope::card::DatasetRecord;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn a_narrowed_model_is_calibrated_on_its_own_classes_only() {
+        let labels = [0, 1, 2, 1, 0, 2];
+        let images = CachedImages {
+            classes: names(&["Bacterial", "Covid", "Normal"]),
+            samples: labels
+                .iter()
+                .enumerate()
+                .map(|(i, &label)| Sample {
+                    path: PathBuf::from(format!("{i}.png")),
+                    relative: format!("{i}.png"),
+                    label,
+                    provenance: Provenance::default(),
+                })
+                .collect(),
+            pixels: (0..labels.len()).map(|i| vec![i as f32]).collect(),
+            record: DatasetRecord {
+                root: "data".into(),
+                files: labels.len(),
+                content_sha256: "00".into(),
+                per_class: Vec::new(),
+                train_per_class: Vec::new(),
+                validation_per_class: Vec::new(),
+                train_per_source: Vec::new(),
+                skipped: Vec::new(),
+            },
+        };
+        let data = PreparedData {
+            images,
+            train: vec![0, 1, 2, 3],
+            validation: vec![4, 5],
+        };
+        let kept = of_model_classes(data, &names(&["Covid", "Normal"])).unwrap();
+        assert_eq!(kept.images.classes, names(&["Covid", "Normal"]));
+        let relabelled: Vec<(f32, usize)> = kept
+            .images
+            .samples
+            .iter()
+            .zip(&kept.images.pixels)
+            .map(|(s, p)| (p[0], s.label))
+            .collect();
+        assert_eq!(relabelled, [(1.0, 0), (2.0, 1), (3.0, 0), (5.0, 1)]);
+        assert_eq!(kept.train, [0, 1, 2]);
+        assert_eq!(kept.validation, [3]);
+
+        let data = PreparedData {
+            images: kept.images,
+            train: kept.train,
+            validation: kept.validation,
+        };
+        let error = of_model_classes(data, &names(&["Covid", "Viral"]))
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("the model"), "{error}");
+    }
 }

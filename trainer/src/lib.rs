@@ -27,6 +27,7 @@ pub mod evaluate;
 pub mod framing;
 pub mod gate;
 pub mod gate_check;
+pub mod keep_classes;
 pub mod optim;
 pub mod parallel;
 pub mod plots;

@@ -3,7 +3,9 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use trainer::device::{self, DeviceChoice};
-use trainer::{average, calibrate, evaluate, gate_check, predict, quantize, training};
+use trainer::{
+    average, calibrate, evaluate, gate_check, keep_classes, predict, quantize, training,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +46,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// One model whose weights are the weighted mean of several fine-tuned from one another.
     Average(average::AverageArgs),
+    /// The same network answering among only some of its classes (a five-class model as three).
+    KeepClasses(keep_classes::KeepClassesArgs),
     /// Class probabilities for image files.
     Predict {
         #[command(flatten)]
@@ -73,6 +77,9 @@ fn main() -> Result<()> {
         }
         Command::Average(args) => {
             average::run(&args)?;
+        }
+        Command::KeepClasses(args) => {
+            keep_classes::run(&args)?;
         }
         Command::Predict { args, device } => {
             if !predict::run(&args, &device::select(device)?)? {

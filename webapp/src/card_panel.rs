@@ -150,6 +150,25 @@ fn average_description(models: &[AveragedModel]) -> Option<String> {
     })
 }
 
+fn narrowing_description(card: &ModelCard) -> Option<String> {
+    card.head_narrowed_from.as_ref().map(|from| {
+        let dropped: Vec<&str> = from
+            .from_classes
+            .iter()
+            .filter(|c| !card.classes.contains(c))
+            .map(String::as_str)
+            .collect();
+        format!(
+            "Trained on {} classes ({}); it answers among {} of them, its outputs for {} left out (SHA-256 of the full model {}).",
+            from.from_classes.len(),
+            from.from_classes.join(", "),
+            card.classes.len(),
+            dropped.join(", "),
+            short_hash(&from.from_sha256)
+        )
+    })
+}
+
 #[component]
 pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
     let training = card.training.as_ref().map(|training| {
@@ -254,6 +273,7 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
             <p data-testid="input">{input_description(&card.preprocessing)}</p>
             {training}
             {average_description(&card.averaged_from).map(|a| view! { <p>{a}</p> })}
+            {narrowing_description(&card).map(|n| view! { <p data-testid="narrowed">{n}</p> })}
             {temperature.map(|t| view! { <p>{t}</p> })}
             {gate.map(|g| view! { <p>{g}</p> })}
             {has_operating_points.then(|| view! { <p>"Operating points (each class against the rest; a result shows whether it is at or above its class's threshold):"</p> })}

@@ -112,6 +112,7 @@ fn main() -> Result<(), Error> {
         quantization: None,
         operating_points: Vec::new(),
         averaged_from: Vec::new(),
+        head_narrowed_from: None,
         intended_use: "Testing the software only.".into(),
         limitations: vec!["Random weights: its answers carry no information.".into()],
     };

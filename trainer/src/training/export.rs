@@ -90,6 +90,7 @@ pub(super) fn export(
         quantization: None,
         operating_points: Vec::new(),
         averaged_from: Vec::new(),
+        head_narrowed_from: None,
         intended_use: "Research and teaching: shows what a ResNet50 trained on public chest \
                        X-ray collections answers for a radiograph. A research tool, not a \
                        diagnostic device; never use it for a clinical decision."
