@@ -289,3 +289,35 @@ pub fn CardPanel(card: Arc<ModelCard>) -> impl IntoView {
         </details>
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pneumoscope::card::NarrowedHead;
+
+    #[test]
+    fn a_narrowed_card_names_the_classes_left_out() {
+        let json = include_str!("../../weights/model.json");
+        let mut card = ModelCard::from_json(json).unwrap();
+        assert_eq!(narrowing_description(&card), None);
+        card.head_narrowed_from = Some(NarrowedHead {
+            from_classes: [
+                "Bacterial Pneumonia",
+                "Covid",
+                "Normal",
+                "Tuberculosis",
+                "Viral Pneumonia",
+            ]
+            .map(String::from)
+            .to_vec(),
+            from_sha256: "0123456789abcdef".into(),
+        });
+        let text = narrowing_description(&card).unwrap();
+        assert!(text.starts_with("Trained on 5 classes"), "{text}");
+        assert!(
+            text.contains("answers among 3 of them, its outputs for Bacterial Pneumonia, Tuberculosis left out"),
+            "{text}"
+        );
+        assert!(text.contains("0123456789ab)"), "{text}");
+    }
+}
