@@ -186,6 +186,26 @@ impl ModelCard {
         serde_json::to_string_pretty(self).expect("a model card always serialises")
     }
 
+    /// This card for new f32 weights made from the model's (averaged, a narrowed head): the
+    /// weights' record replaced, and nothing fitted to the old network's outputs kept
+    /// (temperature, gate, operating points, evaluations, quantization).
+    pub fn for_new_f32_weights(&self, weights: &[u8]) -> Self {
+        Self {
+            weights: WeightsInfo {
+                file: self.weights.file.clone(),
+                sha256: sha256_hex(weights),
+                bytes: weights.len() as u64,
+                dtype: "f32".into(),
+            },
+            temperature: None,
+            ood_gate: None,
+            evaluations: Vec::new(),
+            quantization: None,
+            operating_points: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// Checks that `weights` are the bytes this card describes.
     pub fn verify_weights(&self, weights: &[u8]) -> Result<()> {
         self.verify_weights_digest(&Sha256::digest(weights))

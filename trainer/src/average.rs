@@ -10,14 +10,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use pneumoscope::card::{sha256_hex, AveragedModel, ModelCard, WeightsInfo};
-use pneumoscope::checkpoint::{add_batches_tracked, to_safetensors_bytes, write_atomic};
+use pneumoscope::card::{AveragedModel, ModelCard};
+use pneumoscope::checkpoint::{add_batches_tracked, to_safetensors_bytes};
 use pneumoscope::Checkpoint;
 
-use crate::predict::{load_checkpoint, load_classifier};
+use crate::predict::{load_checkpoint, write_model};
 
 /// Tensors of the out-of-distribution gate (`pneumoscope::ood`), fitted per network.
 pub const GATE_PREFIX: &str = "ood.";
@@ -147,19 +147,8 @@ pub fn averaged_card(cards: &[ModelCard], shares: &[f64], weights: &[u8]) -> Res
         })
         .collect();
     Ok(ModelCard {
-        weights: WeightsInfo {
-            file: first.weights.file.clone(),
-            sha256: sha256_hex(weights),
-            bytes: weights.len() as u64,
-            dtype: "f32".into(),
-        },
-        temperature: None,
-        ood_gate: None,
-        evaluations: Vec::new(),
-        quantization: None,
-        operating_points: Vec::new(),
         averaged_from,
-        ..first.clone()
+        ..first.for_new_f32_weights(weights)
     })
 }
 
@@ -185,13 +174,7 @@ pub fn run(args: &AverageArgs) -> Result<ModelCard> {
     let bytes = to_safetensors_bytes(&tensors)?;
     let card = averaged_card(&cards, &shares, &bytes)?;
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let weights_path = args.out.join(&card.weights.file);
-    let card_path = args.out.join("model.json");
-    write_atomic(&weights_path, &bytes)?;
-    write_atomic(&card_path, card.to_json().as_bytes())?;
-    load_classifier(&weights_path, Some(&card_path), &device)?;
+    let weights_path = write_model(&args.out, &bytes, &card)?;
     println!(
         "{} = {}; calibrate it before use",
         weights_path.display(),
@@ -208,6 +191,7 @@ pub fn run(args: &AverageArgs) -> Result<ModelCard> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pneumoscope::card::sha256_hex;
     use pneumoscope::Preprocessing;
 
     fn checkpoint(values: &[(&str, Vec<f32>)]) -> Checkpoint {

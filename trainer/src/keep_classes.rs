@@ -6,13 +6,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use candle_core::Device;
 use clap::Args;
-use pneumoscope::card::{sha256_hex, ModelCard, NarrowedHead, WeightsInfo};
-use pneumoscope::checkpoint::{add_batches_tracked, to_safetensors_bytes, write_atomic};
+use pneumoscope::card::{ModelCard, NarrowedHead};
+use pneumoscope::checkpoint::{add_batches_tracked, to_safetensors_bytes};
 
-use crate::predict::{load_checkpoint, load_classifier};
+use crate::predict::{load_checkpoint, write_model};
 
 #[derive(Debug, Args)]
 pub struct KeepClassesArgs {
@@ -60,22 +60,11 @@ pub fn kept_in_model_order(model_classes: &[String], classes: &[String]) -> Resu
 pub fn narrowed_card(card: &ModelCard, kept: &[String], weights: &[u8]) -> ModelCard {
     ModelCard {
         classes: kept.to_vec(),
-        weights: WeightsInfo {
-            file: card.weights.file.clone(),
-            sha256: sha256_hex(weights),
-            bytes: weights.len() as u64,
-            dtype: "f32".into(),
-        },
-        temperature: None,
-        ood_gate: None,
-        evaluations: Vec::new(),
-        quantization: None,
-        operating_points: Vec::new(),
         head_narrowed_from: Some(NarrowedHead {
             from_classes: card.classes.clone(),
             from_sha256: card.weights.sha256.clone(),
         }),
-        ..card.clone()
+        ..card.for_new_f32_weights(weights)
     }
 }
 
@@ -91,13 +80,7 @@ pub fn run(args: &KeepClassesArgs) -> Result<ModelCard> {
     let bytes = to_safetensors_bytes(&tensors)?;
     let narrowed_card = narrowed_card(&card, &kept, &bytes);
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let weights_path = args.out.join(&narrowed_card.weights.file);
-    let card_path = args.out.join("model.json");
-    write_atomic(&weights_path, &bytes)?;
-    write_atomic(&card_path, narrowed_card.to_json().as_bytes())?;
-    load_classifier(&weights_path, Some(&card_path), &device)?;
+    let weights_path = write_model(&args.out, &bytes, &narrowed_card)?;
     println!(
         "{}: {} of {:?}; calibrate it before use",
         weights_path.display(),

@@ -115,6 +115,19 @@ pub fn load_classifier(weights: &Path, card: Option<&Path>, device: &Device) -> 
     Ok(Classifier::new(checkpoint, card.as_ref(), device)?)
 }
 
+/// Writes a new model into `out` (created when missing): `weights` as the card's weights file,
+/// the card as `model.json`; then loads the pair back, so a written model is known to load.
+/// Returns the weights' path.
+pub fn write_model(out: &Path, weights: &[u8], card: &ModelCard) -> Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let weights_path = out.join(&card.weights.file);
+    let card_path = out.join("model.json");
+    write_atomic(&weights_path, weights)?;
+    write_atomic(&card_path, card.to_json().as_bytes())?;
+    load_classifier(&weights_path, Some(&card_path), &Device::Cpu)?;
+    Ok(weights_path)
+}
+
 /// Reads weights, and their card when given, checking the weights' SHA-256 against it.
 pub fn load_checkpoint(
     weights: &Path,

@@ -9,10 +9,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use pneumoscope::card::{sha256_hex, ModelCard, QuantizationRecord};
-use pneumoscope::checkpoint::write_atomic;
 use pneumoscope::quantize::{is_quantized, to_int8_safetensors, INT8_DTYPE};
 
-use crate::predict::load_classifier;
+use crate::predict::write_model;
 
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
@@ -44,9 +43,6 @@ pub fn run(args: &QuantizeArgs) -> Result<ModelCard> {
     let int8 = to_int8_safetensors(&tensors)?;
     report_error(&tensors, &int8, &device)?;
 
-    std::fs::create_dir_all(&args.out)?;
-    let weights_path = args.out.join(&card.weights.file);
-    write_atomic(&weights_path, &int8)?;
     card.quantization = Some(QuantizationRecord {
         scheme: "symmetric int8 per output channel (scale = max |w| / 127) for every convolution kernel; batch norms, head and gate as they were; products computed in int8 (7-bit activations, one scale per image and layer, exact i32 sums)".into(),
         from_sha256: card.weights.sha256.clone(),
@@ -64,9 +60,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ModelCard> {
     if let Some(gate) = card.ood_gate.as_mut() {
         gate.rejection.clear();
     }
-    let card_path = args.out.join("model.json");
-    write_atomic(&card_path, card.to_json().as_bytes())?;
-    load_classifier(&weights_path, Some(&card_path), &device)?;
+    let weights_path = write_model(&args.out, &int8, &card)?;
     println!(
         "{} ({:.1} MB) -> {} ({:.1} MB); evaluate it again with --record",
         args.weights.display(),
@@ -104,9 +98,13 @@ fn report_error(
             worst = (error, name.clone());
         }
     }
-    println!(
-        "largest change {:.5} of a tensor's largest |w| (in {})",
-        worst.0, worst.1
-    );
+    if worst.1.is_empty() {
+        println!("every kernel was already on its int8 grid: no weight changed");
+    } else {
+        println!(
+            "largest change {:.5} of a tensor's largest |w| (in {})",
+            worst.0, worst.1
+        );
+    }
     Ok(())
 }
