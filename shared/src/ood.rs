@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Every gate tensor's name starts so; the gate is fitted per network, so a new network
+/// (averaged, narrowed) drops them until `calibrate` fits them again.
+pub const TENSOR_PREFIX: &str = "ood.";
 pub const MEAN: &str = "ood.mean";
 pub const PROJECTION: &str = "ood.projection";
 pub const CLASS_MEANS: &str = "ood.class_means";

@@ -15,12 +15,10 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use pneumoscope::card::{AveragedModel, ModelCard};
 use pneumoscope::checkpoint::{add_batches_tracked, to_safetensors_bytes};
+use pneumoscope::ood::TENSOR_PREFIX;
 use pneumoscope::Checkpoint;
 
 use crate::predict::{load_checkpoint, write_model};
-
-/// Tensors of the out-of-distribution gate (`pneumoscope::ood`), fitted per network.
-pub const GATE_PREFIX: &str = "ood.";
 
 #[derive(Debug, Args)]
 pub struct AverageArgs {
@@ -74,7 +72,7 @@ pub fn average_tensors(models: &[(f64, &Checkpoint)]) -> Result<HashMap<String, 
         let mut names: Vec<String> = checkpoint
             .tensors()
             .keys()
-            .filter(|name| !name.starts_with(GATE_PREFIX))
+            .filter(|name| !name.starts_with(TENSOR_PREFIX))
             .cloned()
             .collect();
         names.sort();

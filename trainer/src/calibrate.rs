@@ -95,18 +95,14 @@ fn operating_points(
 /// A model whose head keeps only some of the run's classes (`trainer keep-classes`) is
 /// calibrated on those classes' images alone; otherwise the data's classes must be the model's.
 fn of_model_classes(data: PreparedData, model_classes: &[String]) -> Result<PreparedData> {
+    if data.images.classes == model_classes {
+        return Ok(data);
+    }
     let PreparedData {
         images,
         train,
         validation,
     } = data;
-    if images.classes == model_classes {
-        return Ok(PreparedData {
-            images,
-            train,
-            validation,
-        });
-    }
     let label_of: Vec<Option<usize>> = images
         .classes
         .iter()
@@ -262,7 +258,7 @@ pub fn run(args: &CalibrateArgs, device: &Device) -> Result<ModelCard> {
 
     let mut tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(&args.weights, device)?;
-    tensors.retain(|name, _| !name.starts_with("ood."));
+    tensors.retain(|name, _| !name.starts_with(pneumoscope::ood::TENSOR_PREFIX));
     tensors.extend(gate.to_tensors(device)?);
     let bytes = to_safetensors_bytes(&tensors)?;
     write_atomic(&args.weights, &bytes)?;

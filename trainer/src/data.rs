@@ -68,36 +68,29 @@ impl ImageFolder {
     /// Scans `root`, keeping only the class folders named in `only` (when given; each must
     /// exist), so a three-class model can read a five-class corpus.
     pub fn scan_classes(root: &Path, only: Option<&[String]>) -> Result<Self> {
-        let mut class_dirs: Vec<PathBuf> = sorted_entries(root)?
-            .into_iter()
-            .filter(|p| p.is_dir())
-            .collect();
-        let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().to_string();
+        let mut classes = class_folder_names(root)?;
         let mut left_out_classes = Vec::new();
         if let Some(only) = only {
-            let present: Vec<String> = class_dirs.iter().map(name).collect();
-            if let Some(missing) = only.iter().find(|c| !present.contains(c)) {
+            if let Some(missing) = only.iter().find(|c| !classes.contains(c)) {
                 bail!(
-                    "{} has no class folder `{missing}` (it has {present:?})",
+                    "{} has no class folder `{missing}` (it has {classes:?})",
                     root.display()
                 );
             }
-            left_out_classes = present.into_iter().filter(|c| !only.contains(c)).collect();
-            class_dirs.retain(|p| only.contains(&name(p)));
+            (classes, left_out_classes) = classes.into_iter().partition(|c| only.contains(c));
         }
-        if class_dirs.len() < 2 {
+        if classes.len() < 2 {
             bail!(
                 "{} has {} class folder(s); an ImageFolder needs one folder per class and at least two classes",
                 root.display(),
-                class_dirs.len()
+                classes.len()
             );
         }
         let manifest = Manifest::for_folder(root)?;
-        let mut classes = Vec::new();
         let mut samples = Vec::new();
-        for (label, dir) in class_dirs.iter().enumerate() {
-            let class = name(dir);
-            let files: Vec<PathBuf> = sorted_entries(dir)?
+        for (label, class) in classes.iter().enumerate() {
+            let dir = root.join(class);
+            let files: Vec<PathBuf> = sorted_entries(&dir)?
                 .into_iter()
                 .filter(|p| p.is_file())
                 .collect();
@@ -114,7 +107,6 @@ impl ImageFolder {
                     provenance,
                 });
             }
-            classes.push(class);
         }
         Ok(Self {
             roots: vec![root.to_path_buf()],

@@ -75,7 +75,7 @@ pub fn run(args: &KeepClassesArgs) -> Result<ModelCard> {
     let kept = kept_in_model_order(&card.classes, &args.classes)?;
     let narrowed = checkpoint.with_head_narrowed_to(&card.classes, &kept)?;
     let mut tensors = narrowed.tensors().clone();
-    tensors.retain(|name, _| !name.starts_with(crate::average::GATE_PREFIX));
+    tensors.retain(|name, _| !name.starts_with(pneumoscope::ood::TENSOR_PREFIX));
     add_batches_tracked(&mut tensors, 0)?;
     let bytes = to_safetensors_bytes(&tensors)?;
     let narrowed_card = narrowed_card(&card, &kept, &bytes);
