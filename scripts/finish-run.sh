@@ -5,7 +5,7 @@
 #      test per source), so the int8 model can be compared with it;
 #   3. quantize to int8 (per-channel scales) and evaluate again, recording into its card;
 #   4. check the gate on unlike images (scripts/make_ood_set.py) and the CT slices;
-#   5. measure how much the answers depend on framing (evaluate --zoom 0.8 and 1.25).
+#   5. measure how much the answers depend on framing (evaluate --zoom 0.8 and 1.25, recorded).
 #
 #   scripts/finish-run.sh RUN_DIR OUT_DIR [DATA_ROOT]
 #
@@ -72,9 +72,11 @@ $t check-gate --device "$device" --weights "$out/model.safetensors" --card "$out
 [ -n "${OOD_DIR:-}" ] || rm -rf "$ood"
 
 # 5. How much the answers depend on framing: the multi-source test with every radiograph shown
-#    smaller in a black margin (0.8) and its centre enlarged (1.25), per source (not recorded).
+#    smaller in a black margin (0.8) and its centre enlarged (1.25), per source, recorded in the
+#    card as framing checks (the page's card panel shows them beside the results as they are).
 for zoom in 0.8 1.25; do
   $t evaluate --device "$device" --weights "$out/model.safetensors" --card "$out/model.json" \
-    --data "$cxr/test" --zoom "$zoom" > "$out/framing-$zoom.txt"
+    --data "$cxr/test" --zoom "$zoom" --record "cxr-multisource test, framing check at zoom $zoom" \
+    > "$out/framing-$zoom.txt"
   grep -E "^ *accuracy" "$out/framing-$zoom.txt" | head -1 | sed "s|^|zoom $zoom: |"
 done

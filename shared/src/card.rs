@@ -112,6 +112,26 @@ pub struct Evaluation {
     /// Each operating point of the card measured on this set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub at_operating_points: Vec<OperatingPointResult>,
+    /// 1: the images as they are. Otherwise a framing check: every image shown at this size in
+    /// its own frame (below 1 shrunk into a black margin, above 1 its centre enlarged), which
+    /// measures how much the answers depend on how a film is collimated.
+    #[serde(default = "as_they_are", skip_serializing_if = "is_as_they_are")]
+    pub zoom: f32,
+}
+
+fn as_they_are() -> f32 {
+    1.0
+}
+
+fn is_as_they_are(zoom: &f32) -> bool {
+    *zoom == 1.0
+}
+
+impl Evaluation {
+    /// Whether this evaluation saw the images as they are, not reframed by a framing check.
+    pub fn is_framing_check(&self) -> bool {
+        !is_as_they_are(&self.zoom)
+    }
 }
 
 /// Sensitivity and specificity (one class against the rest) at a card's operating point.

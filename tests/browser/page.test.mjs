@@ -337,6 +337,23 @@ test("the model card shows each evaluation per source and age group", async () =
   console.log(`evaluations with per-source tables: ${withGroups.length}`);
 });
 
+test("the model card says which evaluations are framing checks, and how each reframed the images", async () => {
+  const checks = (card.evaluations ?? []).filter((e) => e.zoom !== undefined && e.zoom !== 1);
+  assert.ok(checks.length >= 2, "the shipped card records framing checks, wider and tighter");
+  const evaluations = page.getByTestId("evaluation");
+  assert.equal(await evaluations.count(), card.evaluations.length);
+  for (const [index, evaluation] of card.evaluations.entries()) {
+    const framing = evaluations.nth(index).getByTestId("framing-check");
+    const isCheck = checks.includes(evaluation);
+    assert.equal(await framing.count(), isCheck ? 1 : 0, evaluation.name);
+    if (isCheck) {
+      const text = await framing.textContent();
+      assert.ok(text.includes(`${evaluation.zoom}x`), `${evaluation.name}: ${text}`);
+      assert.ok(text.includes(evaluation.zoom < 1 ? "black margin" : "enlarged"), text);
+    }
+  }
+});
+
 test("DICOM files, named or not, dropped or picked, read as trainer predict reads them", async () => {
   const before = await page.locator("[data-testid=result]").count();
   const [first, ...rest] = DICOM;

@@ -177,15 +177,24 @@ fn card_results_are_reproduced() {
     let multisource = card
         .evaluations
         .iter()
-        .find(|e| {
+        .filter(|e| {
             e.data
                 .trim_end_matches('/')
                 .ends_with("cxr-multisource/test")
         })
+        .collect::<Vec<_>>();
+    let as_they_are = multisource
+        .iter()
+        .find(|e| !e.is_framing_check())
         .expect("the card should state the multi-source test result");
     assert!(
-        multisource.groups.iter().any(|g| g.by == "source"),
+        as_they_are.groups.iter().any(|g| g.by == "source"),
         "the multi-source result should be reported per source"
+    );
+    // How much the answers depend on collimation, both ways.
+    assert!(
+        multisource.iter().any(|e| e.zoom < 1.0) && multisource.iter().any(|e| e.zoom > 1.0),
+        "the card should state framing checks of the multi-source test, wider and tighter"
     );
     for recorded in &card.evaluations {
         let relative = recorded
@@ -197,7 +206,7 @@ fn card_results_are_reproduced() {
         let root = shared_data_dir().join(relative);
         let mut folder = ImageFolder::scan_classes(&root, Some(classifier.classes())).unwrap();
         folder.exclude(&recorded.excluded.join("\n")).unwrap();
-        let now = evaluate_folder(&classifier, &folder, 1.0);
+        let now = evaluate_folder(&classifier, &folder, recorded.zoom);
         assert!(now.failed.is_empty(), "{:?}", now.failed);
         assert_eq!(
             now.report.confusion, recorded.report.confusion,
@@ -212,13 +221,15 @@ fn card_results_are_reproduced() {
             "{}: gate rate {rejected} now, {recorded_rate} recorded",
             recorded.name
         );
+        // A framing check's black margin or cut-off chest is far from anything the gate was
+        // fitted on: its rate is only held to the record above.
         let limit = if recorded.data.contains("covid19-kaggle") {
             MAX_KAGGLE_COPY_REJECTION
         } else {
             MAX_FALSE_REJECTION
         };
         assert!(
-            rejected <= limit,
+            recorded.is_framing_check() || rejected <= limit,
             "{}: the gate rejects {:.1}% of these radiographs",
             recorded.name,
             rejected * 100.0
@@ -281,8 +292,14 @@ fn quantized_weights_keep_the_float_models_accuracy() {
         return;
     };
     assert_eq!(card.weights.dtype, pneumoscope::quantize::INT8_DTYPE);
+    // Framing checks measure the int8 model's dependence on collimation, not quantization.
+    let as_they_are: Vec<_> = card
+        .evaluations
+        .iter()
+        .filter(|e| !e.is_framing_check())
+        .collect();
     let mut compared = 0;
-    for evaluation in &card.evaluations {
+    for evaluation in &as_they_are {
         let Some((_, before)) = quantization
             .from_accuracy
             .iter()
@@ -303,7 +320,7 @@ fn quantized_weights_keep_the_float_models_accuracy() {
     }
     assert_eq!(
         compared,
-        card.evaluations.len(),
+        as_they_are.len(),
         "every evaluation of the int8 model should have its float counterpart"
     );
 }

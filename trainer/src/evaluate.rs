@@ -44,6 +44,8 @@ pub struct EvaluateArgs {
     /// Classify every radiograph reframed: shown at this size in the same frame (0.8: shrunk
     /// into a black margin, as a wider field; 1.25: its centre enlarged, as a tighter
     /// collimation). Measures how much the answers depend on framing; 1 leaves images as they are.
+    /// With --record, the card keeps it as a framing check beside the results on the images as
+    /// they are.
     #[arg(long, default_value_t = 1.0, value_parser = parse_zoom)]
     pub zoom: f32,
     #[command(flatten)]
@@ -222,9 +224,6 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
     if args.compute.int8_products && args.record.is_some() {
         bail!("--record keeps the card's results for the model as the page runs it (int8 products for an int8 weights file, f32 for a float one); evaluate with --int8-products without it");
     }
-    if args.zoom != 1.0 && args.record.is_some() {
-        bail!("--record keeps the card's results on the images as they are; evaluate with --zoom without it");
-    }
     let classifier = args
         .compute
         .load(&args.weights, args.card.as_deref(), device)?;
@@ -334,6 +333,7 @@ pub fn run(args: &EvaluateArgs, device: &Device) -> Result<ClassificationReport>
             gate_flagged_rate: evaluation.gate_flagged_rate,
             groups: evaluation.groups.clone(),
             at_operating_points: operating,
+            zoom: args.zoom,
         });
         write_atomic(card_path, card.to_json().as_bytes())?;
     }

@@ -82,6 +82,7 @@ fn EvaluationView(evaluation: Evaluation) -> impl IntoView {
         .iter()
         .map(|r| view! { <li>{r.describe()}</li> })
         .collect_view();
+    let framing = framing_description(evaluation.zoom);
     let groups = (evaluation.groups.len() > 1).then(|| {
         view! {
             <p>"Per source collection and age group:"</p>
@@ -91,6 +92,7 @@ fn EvaluationView(evaluation: Evaluation) -> impl IntoView {
     view! {
         <div class="evaluation" data-testid="evaluation">
             <h4>{evaluation.name.clone()}</h4>
+            {framing.map(|text| view! { <p data-testid="framing-check">{text}</p> })}
             <p>{format!("Accuracy {:.3} on {} images.", report.accuracy, report.weighted_avg.support)}</p>
             <table>
                 <thead>
@@ -110,6 +112,21 @@ fn EvaluationView(evaluation: Evaluation) -> impl IntoView {
             {gate.map(|text| view! { <p>{text}</p> })}
         </div>
     }
+}
+
+/// What a framing check (an evaluation with `zoom` other than 1) did to the images, and how to
+/// read it; `None` for the images as they are.
+fn framing_description(zoom: f32) -> Option<String> {
+    let how = if zoom < 1.0 {
+        format!("every radiograph shrunk to {zoom}x its size in a black margin, as a wider field of view")
+    } else if zoom > 1.0 {
+        format!("the centre of every radiograph enlarged {zoom}x to fill the frame, as a tighter collimation")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "Framing check: {how}. Hospitals collimate films their own way; a model that answers by disease, not by how much of the body a film shows, scores here as on the images as they are."
+    ))
 }
 
 /// What the network is shown, from the card's preprocessing.
@@ -319,5 +336,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("0123456789ab)"), "{text}");
+    }
+
+    #[test]
+    fn a_framing_check_says_how_the_images_were_reframed() {
+        assert_eq!(framing_description(1.0), None);
+        let wider = framing_description(0.8).unwrap();
+        assert!(
+            wider.contains("shrunk to 0.8x its size in a black margin"),
+            "{wider}"
+        );
+        let tighter = framing_description(1.25).unwrap();
+        assert!(tighter.contains("enlarged 1.25x"), "{tighter}");
     }
 }

@@ -101,6 +101,13 @@ pub(super) fn export(
     Ok(card)
 }
 
+/// Measured on every model trained here (`trainer evaluate --zoom`): what the framing checks
+/// recorded in a card quantify.
+const FRAMING_LIMITATION: &str = "Answers depend on how a film is framed (measured on every \
+    model trained here): the chest filling the frame, as in a tight collimation, is called \
+    disease more often, and a film showing more of the body Normal more often. The framing \
+    checks among the evaluations measure how much.";
+
 /// What a user must know about a model trained on `data`: a small single-collection set and a
 /// multi-source corpus fail in different ways.
 fn limitations(data: &DatasetRecord, args: &TrainArgs) -> Vec<String> {
@@ -140,6 +147,7 @@ fn limitations(data: &DatasetRecord, args: &TrainArgs) -> Vec<String> {
         "Input {0}x{0} pixels: fine detail is lost, and the heat map is coarse.",
         args.crop
     ));
+    limits.push(FRAMING_LIMITATION.into());
     let classes: Vec<&str> = data.per_class.iter().map(|(c, _)| c.as_str()).collect();
     limits.push(format!(
         "{} classes only ({}): any other finding (bacterial pneumonia, tuberculosis...) or \
