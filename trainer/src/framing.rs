@@ -3,7 +3,9 @@
 //! "the chest fills the frame" from one collection answers by framing, not by disease.
 
 use image::imageops::{self, FilterType};
-use image::Rgb32FImage;
+use image::{Rgb, Rgb32FImage};
+use rand::rngs::StdRng;
+use rand::Rng;
 
 /// The radiograph shown at `zoom` times its size in a frame of the same pixels: below 1 it is
 /// shrunk into the centre of a black frame (a wider field, as a film with more margin), above 1
@@ -27,6 +29,29 @@ pub fn reframe(image: &Rgb32FImage, zoom: f32) -> Rgb32FImage {
     }
 }
 
+/// The same reframing of a (3, side, side) channel-first buffer, as training holds its images.
+pub fn reframe_chw(chw: &[f32], side: usize, zoom: f32) -> Vec<f32> {
+    let plane = side * side;
+    let image = Rgb32FImage::from_fn(side as u32, side as u32, |x, y| {
+        let at = y as usize * side + x as usize;
+        Rgb([chw[at], chw[plane + at], chw[2 * plane + at]])
+    });
+    let framed = reframe(&image, zoom);
+    let mut out = vec![0.0; 3 * plane];
+    for (at, pixel) in framed.pixels().enumerate() {
+        for (c, value) in pixel.0.iter().enumerate() {
+            out[c * plane + at] = *value;
+        }
+    }
+    out
+}
+
+/// A zoom drawn log-uniformly in [1 / max, max]: as likely a wider framing as a tighter one.
+pub fn random_zoom(rng: &mut StdRng, max: f32) -> f32 {
+    let reach = max.max(1.0).ln();
+    rng.random_range(-reach..=reach).exp()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +67,33 @@ mod tests {
 
     fn white_pixels(image: &Rgb32FImage) -> usize {
         image.pixels().filter(|p| p.0[0] > 0.75).count()
+    }
+
+    #[test]
+    fn a_channel_first_buffer_is_reframed_as_its_image() {
+        let image = square();
+        let side = 30;
+        let crop = imageops::crop_imm(&image, 5, 0, side, side).to_image();
+        let chw: Vec<f32> = (0..3)
+            .flat_map(|c| crop.pixels().map(move |p| p.0[c]))
+            .collect();
+        assert_eq!(reframe_chw(&chw, side as usize, 1.0), chw);
+        let framed = reframe(&crop, 0.5);
+        let expected: Vec<f32> = (0..3)
+            .flat_map(|c| framed.pixels().map(move |p| p.0[c]))
+            .collect();
+        assert_eq!(reframe_chw(&chw, side as usize, 0.5), expected);
+    }
+
+    #[test]
+    fn random_zooms_stay_in_range_and_go_both_ways() {
+        use rand::SeedableRng;
+        let mut rng = StdRng::seed_from_u64(7);
+        let zooms: Vec<f32> = (0..400).map(|_| random_zoom(&mut rng, 1.25)).collect();
+        assert!(zooms.iter().all(|z| (0.8 - 1e-6..=1.25 + 1e-6).contains(z)));
+        let wider = zooms.iter().filter(|&&z| z < 1.0).count();
+        assert!((150..250).contains(&wider), "{wider} of 400 wider");
+        assert!(zooms.iter().any(|&z| z < 0.82) && zooms.iter().any(|&z| z > 1.22));
     }
 
     #[test]

@@ -59,6 +59,8 @@ fn args(data: &Path, out: &Path, epochs: usize) -> TrainArgs {
         contrast: 0.0,
         gamma: 0.0,
         sharpness: 0.0,
+        framing_consistency: 0.0,
+        framing_zoom: 1.25,
         jpeg_probability: 0.0,
         jpeg_quality_min: 40,
         equalize: false,
@@ -381,8 +383,9 @@ fn calibrate_adds_a_temperature_and_a_gate_that_predict_applies() {
 }
 
 /// Two sources and an extra class in the training folders, a validation folder of its own, the
-/// balanced sampler and every augmentation against shortcuts: the card records the sources, the
-/// split is the folders' and calibrate finds the same data from the card alone.
+/// balanced sampler and every augmentation against shortcuts (framing consistency too): the card
+/// records the sources and settings, the split is the folders' and calibrate finds the same data
+/// from the card alone.
 #[test]
 fn multi_source_run_with_balanced_sampling_and_shortcut_augmentation() {
     let dir = tempdir();
@@ -411,6 +414,8 @@ fn multi_source_run_with_balanced_sampling_and_shortcut_augmentation() {
         gamma: 0.3,
         jpeg_probability: 0.5,
         equalize: true,
+        framing_consistency: 1.0,
+        framing_zoom: 1.3,
         ..args(&first, &out, 2)
     };
     let card = training::run(&run).unwrap();
@@ -427,10 +432,10 @@ fn multi_source_run_with_balanced_sampling_and_shortcut_augmentation() {
         vec![("alpha".to_string(), 20), ("beta".to_string(), 8)]
     );
     assert!(data.root.contains(" + "), "{}", data.root);
-    assert_eq!(
-        card.training.as_ref().unwrap().config["balance"],
-        "class-source"
-    );
+    let config = &card.training.as_ref().unwrap().config;
+    assert_eq!(config["balance"], "class-source");
+    assert_eq!(config["framing_consistency"], 1.0);
+    assert_eq!(config["framing_zoom"], 1.3f32 as f64);
 
     let calibrate = trainer::calibrate::CalibrateArgs {
         weights: out.join(MODEL_FILE),

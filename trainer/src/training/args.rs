@@ -12,6 +12,8 @@ use crate::augment::Augmentation;
 use crate::device::DeviceChoice;
 use crate::sampler::Balance;
 
+use super::consistency::FramingConsistency;
+
 /// The last part of the network that `--freeze` keeps fixed (everything before it too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
 pub enum FreezeUpTo {
@@ -166,6 +168,19 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 40)]
     #[serde(default = "crate::augment::default_jpeg_quality")]
     pub jpeg_quality_min: u8,
+    /// Framing consistency: each training draw is also shown reframed, at a zoom drawn
+    /// log-uniformly in [1/--framing-zoom, --framing-zoom] (below 1 shrunk into a black margin,
+    /// above 1 its centre enlarged), and this weight times the Jensen-Shannon divergence between
+    /// the two answers joins the loss (both views also count in the cross-entropy), so the
+    /// network learns to answer alike however a film is collimated. Doubles each step's images
+    /// (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub framing_consistency: f32,
+    /// Widest zoom of --framing-consistency's reframing (at least 1).
+    #[arg(long, default_value_t = 1.25)]
+    #[serde(default = "default_framing_zoom")]
+    pub framing_zoom: f32,
     /// Histogram-equalise every crop before normalising (recorded in the card's preprocessing,
     /// so inference does the same): removes differences of exposure and processing between
     /// hospitals by construction.
@@ -191,6 +206,10 @@ pub struct TrainArgs {
     pub resume: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+}
+
+fn default_framing_zoom() -> f32 {
+    1.25
 }
 
 fn no_balance() -> Balance {
@@ -226,6 +245,14 @@ impl TrainArgs {
             jpeg_probability: self.jpeg_probability,
             jpeg_quality_min: self.jpeg_quality_min,
         }
+    }
+
+    /// --framing-consistency's settings, when it is on.
+    pub(super) fn framing_consistency(&self) -> Option<FramingConsistency> {
+        (self.framing_consistency > 0.0).then_some(FramingConsistency {
+            weight: self.framing_consistency,
+            zoom_max: self.framing_zoom,
+        })
     }
 
     /// Images per forward pass (--micro-batch, 0: the whole batch).

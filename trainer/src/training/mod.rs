@@ -3,6 +3,7 @@
 //! everything a run needs to be reproduced recorded in the model card.
 
 mod args;
+mod consistency;
 mod export;
 mod state;
 
@@ -30,6 +31,7 @@ use crate::optim::{step_lr, warm_up, Sgd, SgdConfig};
 use crate::sampler::{epoch_order, Balance, BalancedSampler};
 
 pub use args::{FreezeUpTo, TrainArgs};
+use consistency::{jensen_shannon, FramingConsistency};
 use export::{draw_curves, export, write_metrics_csv};
 pub use state::EpochMetrics;
 use state::{load_checkpoint, save_checkpoint, TrainState};
@@ -51,20 +53,23 @@ struct Pass<'a> {
     micro_batch: usize,
     /// Side of the cached images (the network's input is `preprocessing.crop`).
     cache_side: usize,
+    /// Training draws are also shown reframed, and the answers asked to agree.
+    consistency: Option<FramingConsistency>,
 }
 
 impl Pass<'_> {
-    /// The network's input for `indices`; `first_draw` numbers the first one's augmentation draw
-    /// within the epoch (an image drawn twice is augmented twice, differently).
-    fn batch(
+    /// The network's inputs for `indices`, each (3, crop, crop) before normalising;
+    /// `first_draw` numbers the first one's augmentation draw within the epoch (an image drawn
+    /// twice is augmented twice, differently).
+    fn views(
         &self,
         indices: &[usize],
         augment: Option<(&Augmentation, u64, usize)>,
         first_draw: usize,
-    ) -> Result<Tensor> {
+    ) -> Vec<Vec<f32>> {
         let side = self.preprocessing.crop as usize;
         let centre_crop = Augmentation::default();
-        let images = indices
+        indices
             .iter()
             .enumerate()
             .map(|(n, &i)| {
@@ -85,8 +90,7 @@ impl Pass<'_> {
                     ),
                 }
             })
-            .collect();
-        normalized_batch(images, side, self.preprocessing, self.device)
+            .collect()
     }
 
     fn labels(&self, indices: &[usize]) -> Result<Tensor> {
@@ -117,11 +121,30 @@ impl Pass<'_> {
             let mut batch_grads: Option<GradStore> = None;
             let mut draw = seen;
             for micro in micro_batches(chunk, self.micro_batch) {
-                let x = self.batch(micro, augment, draw)?;
+                let side = self.preprocessing.crop as usize;
+                let mut views = self.views(micro, augment, draw);
+                let mut shown = micro.to_vec();
+                // (n, 3, crop, crop): the draws, then (with framing consistency) the same reframed.
+                let consistency = match (self.consistency, augment) {
+                    (Some(consistency), Some((_, seed, epoch))) => {
+                        views.extend(consistency.reframed(&views, side, seed, epoch, draw));
+                        shown.extend_from_slice(micro);
+                        Some(consistency)
+                    }
+                    _ => None,
+                };
                 draw += micro.len();
-                let y = self.labels(micro)?;
+                let x = normalized_batch(views, side, self.preprocessing, self.device)?;
                 let output = self.model.forward_t(&x, train.is_some())?;
-                let loss = candle_nn::loss::cross_entropy(&output.logits, &y)?;
+                let mut loss =
+                    candle_nn::loss::cross_entropy(&output.logits, &self.labels(&shown)?)?;
+                let n = micro.len();
+                let logits = output.logits.narrow(0, 0, n)?;
+                if let Some(consistency) = consistency {
+                    let reframed = output.logits.narrow(0, n, n)?;
+                    let disagreement = jensen_shannon(&logits, &reframed)?;
+                    loss = (loss + (disagreement * f64::from(consistency.weight))?)?;
+                }
                 let loss_value = f64::from(loss.to_scalar::<f32>()?);
                 if !loss_value.is_finite() {
                     bail!("the loss became {loss_value}: training diverged; try a lower --lr");
@@ -135,8 +158,8 @@ impl Pass<'_> {
                         Some(sum) => accumulate(sum, grads, optimizer.params())?,
                     });
                 }
-                let predicted = output.logits.argmax(1)?.to_vec1::<u32>()?;
-                let truth = y.to_vec1::<u32>()?;
+                let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
+                let truth = self.labels(micro)?.to_vec1::<u32>()?;
                 correct += predicted.iter().zip(&truth).filter(|(p, t)| p == t).count();
                 loss_sum += loss_value * micro.len() as f64;
             }
@@ -434,6 +457,9 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!("--val-fraction must be in [0, 1)");
     }
+    if !(args.framing_consistency >= 0.0 && (1.0..=4.0).contains(&args.framing_zoom)) {
+        bail!("--framing-consistency must be at least 0 and --framing-zoom in [1, 4]");
+    }
     let device = select(args.device)?;
     let preprocessing = args.preprocessing();
     let caching = Preprocessing {
@@ -470,6 +496,7 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         batch_size: args.batch_size,
         micro_batch: args.micro_batch_size(),
         cache_side: args.cache_side() as usize,
+        consistency: args.framing_consistency(),
     };
     let augmentation = args.augmentation();
     let sampler = sampler_for(args, &images, &train_idx)?;
