@@ -93,12 +93,49 @@ impl Pass<'_> {
             .collect()
     }
 
-    fn labels(&self, indices: &[usize]) -> Result<Tensor> {
-        let labels: Vec<u32> = indices
+    /// The mean loss on `indices` and their logits (n, classes). With framing consistency (in
+    /// training), the draws and the same reframed go through the network as one batch (2n, 3,
+    /// crop, crop): cross-entropy on both, plus the weighted Jensen-Shannon divergence between
+    /// the two answers.
+    fn loss(
+        &self,
+        indices: &[usize],
+        augment: Option<(&Augmentation, u64, usize)>,
+        first_draw: usize,
+        training: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let side = self.preprocessing.crop as usize;
+        let mut views = self.views(indices, augment, first_draw);
+        let mut shown = indices.to_vec();
+        let consistency = match (self.consistency, augment) {
+            (Some(consistency), Some((_, seed, epoch))) => {
+                views.extend(consistency.reframed(&views, side, seed, epoch, first_draw));
+                shown.extend_from_slice(indices);
+                Some(consistency)
+            }
+            _ => None,
+        };
+        let x = normalized_batch(views, side, self.preprocessing, self.device)?;
+        let output = self.model.forward_t(&x, training)?;
+        let mut loss = candle_nn::loss::cross_entropy(&output.logits, &self.labels(&shown)?)?;
+        let n = indices.len();
+        let logits = output.logits.narrow(0, 0, n)?;
+        if let Some(consistency) = consistency {
+            let disagreement = jensen_shannon(&logits, &output.logits.narrow(0, n, n)?)?;
+            loss = (loss + (disagreement * f64::from(consistency.weight))?)?;
+        }
+        Ok((loss, logits))
+    }
+
+    fn label_ids(&self, indices: &[usize]) -> Vec<u32> {
+        indices
             .iter()
             .map(|&i| self.images.samples[i].label as u32)
-            .collect();
-        Ok(Tensor::new(labels, self.device)?)
+            .collect()
+    }
+
+    fn labels(&self, indices: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::new(self.label_ids(indices), self.device)?)
     }
 
     fn run(
@@ -121,30 +158,8 @@ impl Pass<'_> {
             let mut batch_grads: Option<GradStore> = None;
             let mut draw = seen;
             for micro in micro_batches(chunk, self.micro_batch) {
-                let side = self.preprocessing.crop as usize;
-                let mut views = self.views(micro, augment, draw);
-                let mut shown = micro.to_vec();
-                // (n, 3, crop, crop): the draws, then (with framing consistency) the same reframed.
-                let consistency = match (self.consistency, augment) {
-                    (Some(consistency), Some((_, seed, epoch))) => {
-                        views.extend(consistency.reframed(&views, side, seed, epoch, draw));
-                        shown.extend_from_slice(micro);
-                        Some(consistency)
-                    }
-                    _ => None,
-                };
+                let (loss, logits) = self.loss(micro, augment, draw, train.is_some())?;
                 draw += micro.len();
-                let x = normalized_batch(views, side, self.preprocessing, self.device)?;
-                let output = self.model.forward_t(&x, train.is_some())?;
-                let mut loss =
-                    candle_nn::loss::cross_entropy(&output.logits, &self.labels(&shown)?)?;
-                let n = micro.len();
-                let logits = output.logits.narrow(0, 0, n)?;
-                if let Some(consistency) = consistency {
-                    let reframed = output.logits.narrow(0, n, n)?;
-                    let disagreement = jensen_shannon(&logits, &reframed)?;
-                    loss = (loss + (disagreement * f64::from(consistency.weight))?)?;
-                }
                 let loss_value = f64::from(loss.to_scalar::<f32>()?);
                 if !loss_value.is_finite() {
                     bail!("the loss became {loss_value}: training diverged; try a lower --lr");
@@ -159,7 +174,7 @@ impl Pass<'_> {
                     });
                 }
                 let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
-                let truth = self.labels(micro)?.to_vec1::<u32>()?;
+                let truth = self.label_ids(micro);
                 correct += predicted.iter().zip(&truth).filter(|(p, t)| p == t).count();
                 loss_sum += loss_value * micro.len() as f64;
             }
