@@ -128,7 +128,7 @@ fn is_as_they_are(zoom: &f32) -> bool {
 }
 
 impl Evaluation {
-    /// Whether this evaluation saw the images as they are, not reframed by a framing check.
+    /// Whether this evaluation is a framing check (the images reframed), not the images as they are.
     pub fn is_framing_check(&self) -> bool {
         !is_as_they_are(&self.zoom)
     }
