@@ -23,6 +23,7 @@ pub mod report;
 pub mod stage_times;
 #[cfg(test)]
 mod test_util;
+pub mod track_record;
 
 pub use card::ModelCard;
 pub use checkpoint::Checkpoint;

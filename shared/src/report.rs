@@ -1,7 +1,8 @@
 //! The report a user keeps: a PDF with, per image, the picture with its heat map, the
-//! probabilities, the gate's verdict and the operating-point verdicts; the model's name, weights
-//! SHA-256 and evaluation summary; the date and "a research tool, not a diagnostic device". The
-//! page ("Save report") and `trainer predict --report` both write it here, so they say the same.
+//! probabilities, the top answer's track record, the gate's verdict and the operating-point
+//! verdicts; the model's name, weights SHA-256 and evaluation summary; the date and "a research
+//! tool, not a diagnostic device". The page ("Save report") and `trainer predict --report` both
+//! write it here, so they say the same.
 
 use image::imageops::{self, FilterType};
 use image::{Rgb, RgbImage, Rgba, RgbaImage};
@@ -45,6 +46,9 @@ pub fn finding_lines(card: &ModelCard, findings: &Findings) -> Vec<String> {
             classes[findings.top],
             findings.probabilities[findings.top] * 100.0
         ));
+        if let Some(record) = card.answer_record(findings.top) {
+            lines.push(format!("Track record: {}", record.describe()));
+        }
     }
     for (i, class) in classes.iter().enumerate() {
         let point = card.operating_points.iter().find(|p| &p.class == class);

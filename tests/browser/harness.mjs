@@ -117,6 +117,7 @@ export async function finishedItems(page, count, timeout = 300_000, polling = 20
       ),
       error: item.querySelector("[data-testid=item-error]")?.textContent ?? null,
       flagged: item.querySelector("[data-testid=ood-warning]") !== null,
+      trackRecord: item.querySelector("[data-testid=track-record]")?.textContent ?? null,
       // Per class as displayed: the words at the card's operating point, or null.
       verdicts: [...item.querySelectorAll("[data-testid=probability]")].map(
         (bar) => bar.querySelector("[data-testid=operating-verdict]")?.textContent ?? null,

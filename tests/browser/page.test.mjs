@@ -276,6 +276,39 @@ test("a flagged image hides its diagnosis until asked", async () => {
   assert.equal(await item.getByTestId("probability").count(), 0);
 });
 
+test("each answer shows its track record on the card's largest evaluation; a flagged image none", async () => {
+  // The rule of shared/src/track_record.rs, computed here from the card on its own: the largest
+  // evaluation of images as they are that has the class, and that class's column of its confusion.
+  const images = (e) => e.report.confusion.flat().reduce((a, b) => a + b, 0);
+  const expectedRecord = (cls) => {
+    const sets = card.evaluations.filter((e) => (e.zoom ?? 1) === 1 && e.report.labels.includes(cls));
+    const set = sets.reduce((best, e) => (best && images(best) >= images(e) ? best : e), null);
+    const column = set.report.labels.indexOf(cls);
+    const counts = set.report.confusion.map((row) => row[column]);
+    const answers = counts.reduce((a, b) => a + b, 0);
+    const wrong = set.report.labels.filter((label, i) => i !== column && counts[i] > 0);
+    return {
+      start: `Track record: On ${set.name}: ${counts[column]} of ${answers} ${cls} answers were right (`,
+      wrong: wrong.map((label) => `${counts[set.report.labels.indexOf(label)]} ${label}`),
+    };
+  };
+  const items = (await finishedItems(page, IMAGES.length)).filter((i) => i.status === "done");
+  let compared = 0;
+  for (const item of items) {
+    if (item.flagged) {
+      assert.equal(item.trackRecord, null, `${item.name}: a flagged image gets no track record`);
+      continue;
+    }
+    const top = item.probabilities.indexOf(Math.max(...item.probabilities));
+    const wanted = expectedRecord(card.classes[top]);
+    assert.ok(item.trackRecord?.startsWith(wanted.start), `${item.name}: ${item.trackRecord}`);
+    for (const part of wanted.wrong) assert.ok(item.trackRecord.includes(part), `${item.name}: ${part}`);
+    compared += 1;
+  }
+  assert.ok(compared > 0, "no answer shown to compare");
+  console.log(`track records compared: ${compared}`);
+});
+
 test("a file dropped on the page, or pasted, is classified too", async () => {
   const before = await page.locator("[data-testid=result]").count();
   const bytes = [...images[0]];

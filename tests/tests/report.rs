@@ -117,3 +117,52 @@ fn a_report_without_a_heat_map_says_why() {
         "{with:?}"
     );
 }
+
+#[test]
+fn a_report_gives_the_top_answer_s_track_record_unless_the_gate_flags_the_image() {
+    use pneumoscope::report::{finding_lines, Findings};
+    let card = shipped_card();
+    let probabilities = vec![0.05, 0.15, 0.8];
+    let positive = vec![None; 3];
+    let lines = |in_distribution| {
+        finding_lines(
+            &card,
+            &Findings {
+                probabilities: &probabilities,
+                top: 2,
+                in_distribution,
+                positive: &positive,
+                heatmap: Err("not asked for"),
+            },
+        )
+    };
+    // The multi-source test is the card's largest evaluation of images as they are.
+    let multi_source = card
+        .evaluations
+        .iter()
+        .find(|e| e.name.starts_with("cxr-multisource test, three") && !e.is_framing_check())
+        .unwrap();
+    let column: Vec<usize> = multi_source
+        .report
+        .confusion
+        .iter()
+        .map(|row| row[2])
+        .collect();
+    let expected = format!(
+        "Track record: On {}: {} of {} Viral Pneumonia answers were right",
+        multi_source.name,
+        column[2],
+        column.iter().sum::<usize>()
+    );
+    let accepted = lines(Some(true));
+    assert!(accepted[1].starts_with(&expected), "{accepted:?}");
+    assert!(
+        accepted[1].contains(&format!("{} Normal", column[1])),
+        "{accepted:?}"
+    );
+    let flagged = lines(Some(false));
+    assert!(
+        flagged.iter().all(|line| !line.starts_with("Track record")),
+        "{flagged:?}"
+    );
+}

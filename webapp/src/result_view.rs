@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use pneumoscope::preprocess::CropRegion;
+use pneumoscope::track_record::AnswerRecord;
 use pneumoscope::ModelCard;
 
 use leptos::prelude::*;
@@ -99,8 +100,28 @@ fn Probabilities(
         .collect_view()
 }
 
+/// How often the top answer was right on the card's evaluation (`track_record`), below it.
 #[component]
-fn Outcome(result: Arc<ImageResult>, classes: Vec<String>, item: Item) -> impl IntoView {
+fn TrackRecord(record: AnswerRecord) -> impl IntoView {
+    view! {
+        <p
+            class="track-record"
+            data-testid="track-record"
+            title="How often this answer was right on that recorded evaluation set; it depends on how common each class was there"
+        >
+            <strong>"Track record: "</strong>
+            {record.describe()}
+        </p>
+    }
+}
+
+#[component]
+fn Outcome(
+    result: Arc<ImageResult>,
+    classes: Vec<String>,
+    record: Option<AnswerRecord>,
+    item: Item,
+) -> impl IntoView {
     let top_name = classes.get(result.top).cloned().unwrap_or_default();
     let flagged = result.flagged();
     let (reveal, heatmap_class) = (item.reveal, item.heatmap_class);
@@ -140,6 +161,7 @@ fn Outcome(result: Arc<ImageResult>, classes: Vec<String>, item: Item) -> impl I
                 " "
                 <span class="confidence">{percent(result.probabilities[result.top])}</span>
             </p>
+            {record.map(|record| view! { <TrackRecord record=record /> })}
         }
         .into_any()
     };
@@ -206,8 +228,11 @@ pub fn ItemView(
                 view! { <p class="error" data-testid="item-error">{message}</p> }.into_any()
             }
             Status::Done(result) => {
-                view! { <Outcome result=result classes=classes.get() item=item.clone() /> }
-                    .into_any()
+                let record = card.with(|card| card.as_ref()?.answer_record(result.top));
+                view! {
+                    <Outcome result=result classes=classes.get() record=record item=item.clone() />
+                }
+                .into_any()
             }
         }
     };
