@@ -10,12 +10,12 @@
 //! Every draw comes from (seed, epoch, draw index), so a run and its resumption see the same
 //! images.
 
-use std::io::Cursor;
-
 use image::codecs::jpeg::JpegEncoder;
-use image::{ExtendedColorType, ImageDecoder};
+use image::{DynamicImage, ImageFormat};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+
+use crate::planar;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Augmentation {
@@ -274,30 +274,15 @@ fn warp(chw: &[f32], side: usize, window: Window, affine: Affine, out: usize) ->
 /// The image encoded as an RGB JPEG at `quality` and decoded again; `None` if the codec fails
 /// (the caller keeps the image as it was).
 fn jpeg_round_trip(chw: &[f32], side: usize, quality: u8) -> Option<Vec<f32>> {
-    let plane = side * side;
-    let mut rgb = vec![0u8; 3 * plane];
-    for i in 0..plane {
-        for c in 0..3 {
-            rgb[3 * i + c] = (chw[c * plane + i] * 255.0).round().clamp(0.0, 255.0) as u8;
-        }
-    }
+    let rgb = DynamicImage::ImageRgb32F(planar::to_image(chw, side)).into_rgb8();
     let mut encoded = Vec::new();
     JpegEncoder::new_with_quality(&mut encoded, quality)
-        .encode(&rgb, side as u32, side as u32, ExtendedColorType::Rgb8)
+        .encode_image(&rgb)
         .ok()?;
-    let decoder = image::codecs::jpeg::JpegDecoder::new(Cursor::new(encoded)).ok()?;
-    let mut decoded = vec![0u8; decoder.total_bytes() as usize];
-    decoder.read_image(&mut decoded).ok()?;
-    if decoded.len() != rgb.len() {
-        return None;
-    }
-    let mut result = vec![0f32; 3 * plane];
-    for i in 0..plane {
-        for c in 0..3 {
-            result[c * plane + i] = f32::from(decoded[3 * i + c]) / 255.0;
-        }
-    }
-    Some(result)
+    let decoded = image::load_from_memory_with_format(&encoded, ImageFormat::Jpeg)
+        .ok()?
+        .into_rgb32f();
+    (decoded.dimensions() == rgb.dimensions()).then(|| planar::from_image(&decoded))
 }
 
 #[cfg(test)]

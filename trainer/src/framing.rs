@@ -3,9 +3,11 @@
 //! "the chest fills the frame" from one collection answers by framing, not by disease.
 
 use image::imageops::{self, FilterType};
-use image::{Rgb, Rgb32FImage};
+use image::Rgb32FImage;
 use rand::rngs::StdRng;
 use rand::Rng;
+
+use crate::planar;
 
 /// The radiograph shown at `zoom` times its size in a frame of the same pixels: below 1 it is
 /// shrunk into the centre of a black frame (a wider field, as a film with more margin), above 1
@@ -31,19 +33,7 @@ pub fn reframe(image: &Rgb32FImage, zoom: f32) -> Rgb32FImage {
 
 /// The same reframing of a (3, side, side) channel-first buffer, as training holds its images.
 pub fn reframe_chw(chw: &[f32], side: usize, zoom: f32) -> Vec<f32> {
-    let plane = side * side;
-    let image = Rgb32FImage::from_fn(side as u32, side as u32, |x, y| {
-        let at = y as usize * side + x as usize;
-        Rgb([chw[at], chw[plane + at], chw[2 * plane + at]])
-    });
-    let framed = reframe(&image, zoom);
-    let mut out = vec![0.0; 3 * plane];
-    for (at, pixel) in framed.pixels().enumerate() {
-        for (c, value) in pixel.0.iter().enumerate() {
-            out[c * plane + at] = *value;
-        }
-    }
-    out
+    planar::from_image(&reframe(&planar::to_image(chw, side), zoom))
 }
 
 /// A zoom drawn log-uniformly in [1 / max, max]: as likely a wider framing as a tighter one.

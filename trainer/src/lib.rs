@@ -30,6 +30,7 @@ pub mod gate_check;
 pub mod keep_classes;
 pub mod optim;
 pub mod parallel;
+pub mod planar;
 pub mod plots;
 pub mod predict;
 pub mod provenance;
