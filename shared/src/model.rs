@@ -356,6 +356,19 @@ impl ResNet50 {
         train: bool,
         watch: &mut Stopwatch,
     ) -> Result<ResNetOutput> {
+        self.forward_between(x, train, watch, &mut |_, x| Ok(x))
+    }
+
+    /// `forward_timed` with `between(index, x)` applied to the output of `layer1` (index 0) to
+    /// `layer3` (2) before the next group takes it: a training-time feature augmentation such as
+    /// MixStyle. `layer2_map` is `layer2`'s output before it.
+    pub fn forward_between(
+        &self,
+        x: &Tensor,
+        train: bool,
+        watch: &mut Stopwatch,
+        between: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<ResNetOutput> {
         // Each group on the thread pool: its ops' forks start from there (`ops::on_pool`).
         let device = x.device().clone();
         let mut x = on_pool(&device, || {
@@ -372,6 +385,9 @@ impl ResNet50 {
             })?;
             if index == 1 {
                 layer2_map = Some(x.clone()); // (N, 512, H/8, W/8)
+            }
+            if index + 1 < self.stages.len() {
+                x = between(index, x)?;
             }
             watch.lap(LAYER_NAMES[index]);
         }

@@ -61,6 +61,8 @@ fn args(data: &Path, out: &Path, epochs: usize) -> TrainArgs {
         sharpness: 0.0,
         framing_consistency: 0.0,
         framing_zoom: 1.25,
+        mixstyle: 0.0,
+        mixstyle_groups: 3,
         jpeg_probability: 0.0,
         jpeg_quality_min: 40,
         equalize: false,
@@ -416,6 +418,8 @@ fn multi_source_run_with_balanced_sampling_and_shortcut_augmentation() {
         equalize: true,
         framing_consistency: 1.0,
         framing_zoom: 1.3,
+        mixstyle: 1.0,
+        mixstyle_groups: 2,
         ..args(&first, &out, 2)
     };
     let card = training::run(&run).unwrap();
@@ -436,6 +440,8 @@ fn multi_source_run_with_balanced_sampling_and_shortcut_augmentation() {
     assert_eq!(config["balance"], "class-source");
     assert_eq!(config["framing_consistency"], 1.0);
     assert_eq!(config["framing_zoom"], 1.3f32 as f64);
+    assert_eq!(config["mixstyle"], 1.0);
+    assert_eq!(config["mixstyle_groups"], 2);
 
     let calibrate = trainer::calibrate::CalibrateArgs {
         weights: out.join(MODEL_FILE),

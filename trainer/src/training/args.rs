@@ -13,6 +13,7 @@ use crate::device::DeviceChoice;
 use crate::sampler::Balance;
 
 use super::consistency::FramingConsistency;
+use super::mixstyle::MixStyle;
 
 /// The last part of the network that `--freeze` keeps fixed (everything before it too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
@@ -181,6 +182,17 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1.25)]
     #[serde(default = "default_framing_zoom")]
     pub framing_zoom: f32,
+    /// MixStyle: the chance that a training batch's feature maps after `layer1` ..
+    /// `layer{--mixstyle-groups}` take each image's style (each channel's mean and standard
+    /// deviation) mixed with another image's (Zhou et al. 2021), so that a collection's look
+    /// (exposure, contrast, texture) stops telling classes apart (0: off; the paper uses 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub mixstyle: f32,
+    /// How many layer groups, from `layer1`, MixStyle follows (1 to 3).
+    #[arg(long, default_value_t = 3)]
+    #[serde(default = "default_mixstyle_groups")]
+    pub mixstyle_groups: usize,
     /// Histogram-equalise every crop before normalising (recorded in the card's preprocessing,
     /// so inference does the same): removes differences of exposure and processing between
     /// hospitals by construction.
@@ -210,6 +222,10 @@ pub struct TrainArgs {
 
 fn default_framing_zoom() -> f32 {
     1.25
+}
+
+fn default_mixstyle_groups() -> usize {
+    3
 }
 
 fn no_balance() -> Balance {
@@ -252,6 +268,14 @@ impl TrainArgs {
         (self.framing_consistency > 0.0).then_some(FramingConsistency {
             weight: self.framing_consistency,
             zoom_max: self.framing_zoom,
+        })
+    }
+
+    /// --mixstyle's settings, when it is on.
+    pub(super) fn mixstyle(&self) -> Option<MixStyle> {
+        (self.mixstyle > 0.0).then_some(MixStyle {
+            probability: self.mixstyle,
+            groups: self.mixstyle_groups,
         })
     }
 

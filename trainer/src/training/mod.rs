@@ -5,6 +5,7 @@
 mod args;
 mod consistency;
 mod export;
+mod mixstyle;
 mod state;
 
 use std::collections::HashSet;
@@ -18,6 +19,7 @@ use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use pneumoscope::card::{sha256_hex, ModelCard};
 use pneumoscope::checkpoint::named_vars;
+use pneumoscope::stage_times::Stopwatch;
 use pneumoscope::{init, Checkpoint, Preprocessing, ResNet50};
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -33,6 +35,7 @@ use crate::sampler::{epoch_order, Balance, BalancedSampler};
 pub use args::{FreezeUpTo, TrainArgs};
 use consistency::{jensen_shannon, FramingConsistency};
 use export::{draw_curves, export, write_metrics_csv};
+use mixstyle::MixStyle;
 pub use state::EpochMetrics;
 use state::{load_checkpoint, save_checkpoint, TrainState};
 
@@ -55,6 +58,8 @@ struct Pass<'a> {
     cache_side: usize,
     /// Training draws are also shown reframed, and the answers asked to agree.
     consistency: Option<FramingConsistency>,
+    /// In training, early feature maps take styles mixed between images.
+    mixstyle: Option<MixStyle>,
 }
 
 impl Pass<'_> {
@@ -116,7 +121,15 @@ impl Pass<'_> {
             _ => None,
         };
         let x = normalized_batch(views, side, self.preprocessing, self.device)?;
-        let output = self.model.forward_t(&x, training)?;
+        let output = match (self.mixstyle, augment) {
+            (Some(mixstyle), Some((_, seed, epoch))) if training => {
+                let mut rng = MixStyle::rng(seed, epoch, first_draw);
+                let mut mix = |index, x| mixstyle.apply(index, x, &mut rng);
+                let watch = &mut Stopwatch::off();
+                self.model.forward_between(&x, training, watch, &mut mix)?
+            }
+            _ => self.model.forward_t(&x, training)?,
+        };
         let mut loss = candle_nn::loss::cross_entropy(&output.logits, &self.labels(&shown)?)?;
         let n = indices.len();
         let logits = output.logits.narrow(0, 0, n)?;
@@ -475,6 +488,9 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
     if !(args.framing_consistency >= 0.0 && (1.0..=4.0).contains(&args.framing_zoom)) {
         bail!("--framing-consistency must be at least 0 and --framing-zoom in [1, 4]");
     }
+    if !((0.0..=1.0).contains(&args.mixstyle) && (1..=3).contains(&args.mixstyle_groups)) {
+        bail!("--mixstyle must be in [0, 1] and --mixstyle-groups in 1..=3");
+    }
     let device = select(args.device)?;
     let preprocessing = args.preprocessing();
     let caching = Preprocessing {
@@ -512,6 +528,7 @@ pub fn run(args: &TrainArgs) -> Result<ModelCard> {
         micro_batch: args.micro_batch_size(),
         cache_side: args.cache_side() as usize,
         consistency: args.framing_consistency(),
+        mixstyle: args.mixstyle(),
     };
     let augmentation = args.augmentation();
     let sampler = sampler_for(args, &images, &train_idx)?;
