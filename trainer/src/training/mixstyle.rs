@@ -95,6 +95,11 @@ mod tests {
         .unwrap()
     }
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        diff.to_scalar::<f32>().unwrap()
+    }
+
     fn stats(x: &Tensor) -> Vec<Vec<f32>> {
         channel_stats(x).unwrap().to_vec2().unwrap()
     }
@@ -110,8 +115,7 @@ mod tests {
     fn lambda_one_keeps_each_image_and_zero_takes_its_partner_s_style() {
         let x = two_images();
         let kept = mix_styles(&x, &[1.0, 1.0], &[1, 0]).unwrap();
-        let diff = (&kept - &x).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-3);
+        assert!(max_abs_diff(&kept, &x) < 1e-3);
         let swapped = mix_styles(&x, &[0.0, 0.0], &[1, 0]).unwrap();
         let (before, after) = (stats(&x), stats(&swapped));
         assert!(
@@ -162,17 +166,7 @@ mod tests {
             probability: 0.0,
             groups: 2,
         };
-        let same = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                == 0.0
-        };
+        let same = |a: &Tensor, b: &Tensor| max_abs_diff(a, b) == 0.0;
         let mut rng = MixStyle::rng(7, 1, 0);
         assert!(same(&always.apply(2, x.clone(), &mut rng).unwrap(), &x));
         assert!(same(&never.apply(0, x.clone(), &mut rng).unwrap(), &x));
