@@ -52,6 +52,11 @@ fn f1(precision: f64, recall: f64) -> f64 {
 }
 
 impl ClassificationReport {
+    /// How many images the report counts.
+    pub fn images(&self) -> usize {
+        self.confusion.iter().flatten().sum()
+    }
+
     pub fn from_confusion(confusion: ConfusionMatrix, labels: Vec<String>) -> Self {
         let n = confusion.len();
         let total: usize = confusion.iter().flatten().sum();

@@ -21,15 +21,15 @@ pub struct AnswerRecord {
 impl AnswerRecord {
     /// The record of `class`'s answers on the evaluation that says most about them: the largest
     /// set of images as they are (framing checks aside; the first recorded among sets of equal
-    /// size) that has `class` among its labels. None
-    /// when no such evaluation exists or the model never gave that answer there.
+    /// size) that has `class` among its labels. None when no such evaluation exists or the model
+    /// never gave that answer there.
     pub fn from_evaluations(evaluations: &[Evaluation], class: &str) -> Option<Self> {
         let (evaluation, column) = evaluations
             .iter()
             .filter(|e| !e.is_framing_check())
             .filter_map(|e| Some((e, e.report.labels.iter().position(|l| l == class)?)))
             .reduce(|best, next| {
-                if images(next.0) > images(best.0) {
+                if next.0.report.images() > best.0.report.images() {
                     next
                 } else {
                     best
@@ -81,10 +81,6 @@ impl AnswerRecord {
         }
         text
     }
-}
-
-fn images(evaluation: &Evaluation) -> usize {
-    evaluation.report.confusion.iter().flatten().sum()
 }
 
 impl ModelCard {

@@ -13,7 +13,7 @@ use rand_distr::{Beta, Distribution};
 
 use crate::augment::Augmentation;
 
-/// `--mixstyle` and `--mixstyle-layers`.
+/// `--mixstyle` and `--mixstyle-groups`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MixStyle {
     /// Chance that a training batch has its styles mixed (after each chosen layer group).
